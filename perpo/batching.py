@@ -1,0 +1,106 @@
+"""Scored lists -> a list batch: tensors for B lists of N answers sharing one prefix each.
+
+The prefix (image placeholder tokens + chat-formatted prompt) is tokenized once per record by
+the family's processor; each answer is a list of token ids (sampled ids online, tokenized
+text for ground truth and stored lists). The naive layout built here repeats the prefix for
+every answer: row ``b * N + k`` is prefix_b + answer_bk, right-padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+# Processor outputs that are per-token (built here), not per-image (repeated per answer).
+_TOKEN_KEYS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
+
+
+@dataclass
+class Prefixes:
+    """Tokenized prompts of B records: unpadded ids and the processor's image tensors."""
+
+    ids: list[list[int]]
+    vision: dict[str, torch.Tensor]  # e.g. pixel_values [B, 3, H, W]
+
+
+@dataclass
+class ListBatch:
+    """B lists x N answers, one row per (list, answer)."""
+
+    input_ids: torch.Tensor  # [B*N, L]
+    attention_mask: torch.Tensor  # [B*N, L]
+    answer_mask: torch.Tensor  # [B*N, L] True where the token is an answer token
+    vision: dict[str, torch.Tensor]  # image tensors, repeated per answer
+    num_lists: int
+    list_size: int
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.vision}
+
+    def to(self, device) -> "ListBatch":
+        return ListBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.answer_mask.to(device),
+            {k: v.to(device) for k, v in self.vision.items()},
+            self.num_lists,
+            self.list_size,
+        )
+
+
+def encode_prefixes(processor: Any, prompt_texts: Sequence[str], images: Sequence[Any]) -> Prefixes:
+    """Run the processor once per record (image placeholders expanded), keep ids unpadded."""
+    ids, vision = [], {}
+    for text, image in zip(prompt_texts, images, strict=True):
+        enc = processor(images=[image], text=[text], return_tensors="pt")
+        mask = enc["attention_mask"][0].bool()
+        ids.append(enc["input_ids"][0][mask].tolist())
+        for key, value in enc.items():
+            if key not in _TOKEN_KEYS and isinstance(value, torch.Tensor):
+                vision.setdefault(key, []).append(value)
+    return Prefixes(ids, {k: torch.cat(v) for k, v in vision.items()})
+
+
+def answer_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of ground-truth / stored answers, terminated by EOS as a sampled answer is."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+
+
+def build_list_batch(
+    prefixes: Prefixes,
+    answers: Sequence[Sequence[Sequence[int]]],
+    pad_token_id: int,
+    select: Sequence[int] | None = None,
+) -> ListBatch:
+    """Naive layout: every answer gets its own copy of its list's prefix (right padding).
+
+    ``answers[b][k]`` are the ids of answer k of list b; all lists have the same N.
+    ``select`` picks which records of ``prefixes`` the lists belong to (default: all, in order).
+    """
+    select = list(range(len(answers))) if select is None else list(select)
+    n = len(answers[0])
+    if any(len(a) != n for a in answers):
+        raise ValueError(f"all lists in a batch need the same size; got {[len(a) for a in answers]}")
+    rows, answer_spans = [], []
+    for b, record_index in enumerate(select):
+        prefix = prefixes.ids[record_index]
+        for ans in answers[b]:
+            ans = list(ans)
+            if not ans:
+                raise ValueError(f"list {b} holds an empty answer (no tokens); cannot score it")
+            rows.append(prefix + ans)
+            answer_spans.append((len(prefix), len(prefix) + len(ans)))
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, (start, end)) in enumerate(zip(rows, answer_spans)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+        answer_mask[i, start:end] = True
+    index = torch.tensor(select).repeat_interleave(n)
+    vision = {k: v[index] for k, v in prefixes.vision.items()}
+    return ListBatch(input_ids, attention_mask, answer_mask, vision, len(select), n)

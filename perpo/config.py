@@ -1,0 +1,62 @@
+"""Start-up validation of the composed config: one clear message that says what to change.
+
+Runs before anything is built or loaded, so a wrong combination costs a second, not a
+warm start (trl-style: invalid combinations fail early).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from perpo.module import ALL_LOSSES, LIST_LOSSES
+from perpo.rewards import REWARD_TASKS
+
+
+class ConfigError(ValueError):
+    """The composed configuration cannot run; the message says which key to change."""
+
+
+def validate(cfg: DictConfig) -> None:
+    problems = list(_problems(cfg))
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _problems(cfg: DictConfig):
+    task, reward, loss = cfg.task.name, cfg.reward.name, cfg.loss.name
+    reward_tasks = list(cfg.reward.get("tasks") or REWARD_TASKS.get(reward, ()))
+    if reward_tasks and task not in reward_tasks:
+        fits = sorted(name for name, tasks in REWARD_TASKS.items() if task in tasks)
+        yield (
+            f"reward={reward} scores {'/'.join(reward_tasks)} answers, not task={task}; "
+            f"use one of reward={','.join(fits)} (or drop reward= to take the task's default)"
+        )
+    if cfg.reward.get("fn") is None and reward not in REWARD_TASKS:
+        yield f"reward={reward} is not registered in perpo.rewards; set reward.fn._target_ to your function"
+    if loss not in ALL_LOSSES:
+        yield f"loss={loss} is not known; choose one of {', '.join(ALL_LOSSES)}"
+    if loss in LIST_LOSSES:
+        if not isinstance(cfg.listsize, int) or cfg.listsize < 2:
+            yield (
+                f"listsize={cfg.listsize}: loss={loss} ranks N >= 2 sampled answers per prompt; "
+                "set listsize=2 or more (paper: 20 for grounding, 5 for OCR)"
+            )
+        if not cfg.beta > 0:
+            yield f"beta={cfg.beta}: beta must be > 0 (paper: 0.1)"
+    if cfg.margin.kind == "lambda" and loss in ("dpo", "sft"):
+        yield f"margin=lambda weights the pairs of a list; loss={loss} has no list pairs: use loss=perpo"
+    if cfg.margin.kind == "power" and (cfg.margin.gamma is None or cfg.margin.gamma < 0):
+        yield f"margin.gamma={cfg.margin.gamma}: gamma must be >= 0 (0 uniform, 0.5 paper, 1 linear)"
+    if not 0 <= cfg.data.min_margin <= 1:
+        yield f"data.min_margin={cfg.data.min_margin}: rewards lie in [0, 1], so the margin must too"
+    if not cfg.sampling.temperature > 0:
+        yield f"sampling.temperature={cfg.sampling.temperature}: must be > 0 (lists need diverse samples)"
+    if not 0 < cfg.sampling.top_p <= 1:
+        yield f"sampling.top_p={cfg.sampling.top_p}: must lie in (0, 1]"
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if max_steps is None or max_steps <= 0:
+        yield f"trainer.max_steps={max_steps}: online PerPO runs by steps; set trainer.max_steps to a positive number"
+    if cfg.warmstart.enabled and cfg.warmstart.steps <= 0:
+        yield f"warmstart.steps={cfg.warmstart.steps}: must be > 0, or warmstart.enabled=false"
+    if cfg.eval.split not in cfg.data.sizes:
+        yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(cfg.data.sizes)}"

@@ -1,0 +1,90 @@
+"""Greedy decoding on a split, scored by the task's torchmetrics, plus an image-use check.
+
+``image_dependence`` answers the paper's image-unconditional question in miniature: the mean
+answer NLL with the true images vs with images shuffled across records. A model that ignores
+the image has the same NLL for both, and preference training can then only move its guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from perpo.batching import answer_ids, build_list_batch, encode_prefixes
+from perpo.families import ChatFamily, TaskSpec
+from perpo.metrics import TaskMetrics
+from perpo.sampling import decode, generate
+from perpo.scoring import answer_logps
+
+
+def _batches(records: Sequence, size: int):
+    for start in range(0, len(records), size):
+        yield [records[i] for i in range(start, min(start + size, len(records)))]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    processor: Any,
+    family: ChatFamily,
+    task: TaskSpec,
+    records: Sequence,
+    *,
+    batch_size: int = 64,
+    desc: str = "evaluate",
+    return_predictions: bool = False,
+) -> dict[str, Any]:
+    metrics = TaskMetrics(task.name, box_format=family.box_format_name)
+    predictions = []
+    with tqdm(total=len(records), desc=desc, unit="item", dynamic_ncols=True) as bar:
+        for batch in _batches(records, batch_size):
+            prompts = [family.prompt_text(r, task) for r in batch]
+            out = generate(
+                model, processor, prompts, [r["image"] for r in batch],
+                do_sample=False, max_new_tokens=task.max_new_tokens,
+            )  # fmt: skip
+            texts = [decode(processor, row[0]) for row in out]
+            metrics.update(texts, batch)
+            predictions += [{"id": r["id"], "prediction": t} for r, t in zip(batch, texts)]
+            bar.update(len(batch))
+    result: dict[str, Any] = metrics.compute()
+    if return_predictions:
+        result["predictions"] = predictions
+    return result
+
+
+@torch.no_grad()
+def image_dependence(
+    model: torch.nn.Module,
+    processor: Any,
+    family: ChatFamily,
+    task: TaskSpec,
+    records: Sequence,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean ground-truth answer NLL per token with true images and with shuffled images."""
+    was_training = model.training
+    model.eval()
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    totals = {"true": [0.0, 0], "shuffled": [0.0, 0]}
+    for start in range(0, len(records), batch_size):
+        idx = list(range(start, min(start + batch_size, len(records))))
+        batch = [records[i] for i in idx]
+        prompts = [family.prompt_text(r, task) for r in batch]
+        answers = [[a] for a in answer_ids(processor.tokenizer, [family.answer_text(r, task) for r in batch])]
+        for name, images in (
+            ("true", [r["image"] for r in batch]),
+            ("shuffled", [records[order[i]]["image"] for i in idx]),
+        ):
+            prefixes = encode_prefixes(processor, prompts, images)
+            lb = build_list_batch(prefixes, answers, processor.tokenizer.pad_token_id)
+            lb = lb.to(next(model.parameters()).device)
+            lp = answer_logps(model, lb)
+            totals[name][0] += float(-lp.sum.sum())
+            totals[name][1] += int(lp.num_tokens.sum())
+    model.train(was_training)
+    return {f"nll_{k}_images": v[0] / max(v[1], 1) for k, v in totals.items()}

@@ -1,0 +1,236 @@
+"""The LightningModule: one training step is the whole PerPO flow, in order.
+
+    records -> sample N answers (policy, no grad) -> rewards -> drop lists without spread
+            -> list batch -> log-probs (policy with grad, reference without) -> loss
+
+``loss="sft"`` replaces the first four stages with the ground-truth answer (the warm start
+and the SFT baseline use this same module).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+
+from perpo import losses
+from perpo.batching import answer_ids, build_list_batch, encode_prefixes
+from perpo.families import ChatFamily, TaskSpec
+from perpo.lists import keep_mask, score_lists
+from perpo.metrics import TaskMetrics
+from perpo.reference import disable_dropout, make_reference
+from perpo.sampling import SamplingConfig, decode, generate
+from perpo.scoring import answer_logps
+
+log = logging.getLogger(__name__)
+
+LIST_LOSSES = ("perpo", "dpo", "lipo")
+ALL_LOSSES = (*LIST_LOSSES, "sft")
+
+
+class TrainingCollapsed(RuntimeError):
+    """Every list was dropped for many steps in a row: there is nothing left to learn from."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    projector_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str = "cosine"  # any name of transformers.get_scheduler
+    warmup_steps: int = 0
+
+
+@dataclass
+class ListConfig:
+    listsize: int = 8
+    min_margin: float = 0.1
+    max_empty_steps: int = 20  # consecutive steps with every list dropped -> TrainingCollapsed
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+def list_loss_fn(loss: str, *, beta: float, gamma: float | None, margin: str = "power") -> Callable:
+    """(policy_logps, ref_logps, rewards) -> [B] for the configured loss and pair weights."""
+    if loss == "perpo":
+        if margin == "lambda":
+            return partial(losses.lipo_lambda_loss, beta=beta)
+        return partial(losses.perpo_loss, beta=beta, gamma=gamma)
+    if loss == "lipo":
+        return partial(losses.lipo_loss, beta=beta)
+    if loss == "dpo":
+        return partial(losses.dpo_loss, beta=beta)
+    raise ValueError(f"loss={loss!r} is not a list loss; choose one of {LIST_LOSSES}")
+
+
+class PerPOModule(L.LightningModule):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        processor: Any,
+        family: ChatFamily,
+        task: TaskSpec,
+        reward_fn: Callable[[str, Mapping], float | None] | None,
+        *,
+        loss: str = "perpo",
+        beta: float = 0.1,
+        gamma: float | None = 0.5,
+        margin: str = "power",
+        lists: ListConfig | None = None,
+        optim: OptimConfig | None = None,
+        reference: str = "copy",
+        length_normalize: bool = False,
+    ):
+        super().__init__()
+        if loss not in ALL_LOSSES:
+            raise ValueError(f"loss={loss!r} is not known; choose one of {ALL_LOSSES}")
+        if loss != "sft" and reward_fn is None:
+            raise ValueError(f"loss={loss} samples and scores lists: it needs a reward function")
+        self.policy = policy
+        disable_dropout(self.policy)
+        self.processor = processor
+        self.family = family
+        self.task = task
+        self.reward_fn = reward_fn
+        self.loss_name = loss
+        self.lists = lists or ListConfig()
+        self.optim = optim or OptimConfig()
+        self.length_normalize = length_normalize
+        self.list_loss = None if loss == "sft" else list_loss_fn(loss, beta=beta, gamma=gamma, margin=margin)
+        # The reference is only needed by preference losses; SFT never builds one.
+        self.reference = None if loss == "sft" else make_reference(reference, policy)
+        self.val_metrics = TaskMetrics(task.name, box_format=family.box_format_name)
+        self._empty_steps = 0
+        self.counters = {"lists_seen": 0, "lists_kept": 0, "answers": 0, "unparsed": 0, "degenerate": 0}
+
+    # ----- the training step, top to bottom ---------------------------------------------
+    def training_step(self, records: Sequence[Mapping[str, Any]], batch_idx: int):
+        prompts = [self.family.prompt_text(r, self.task) for r in records]
+        images = [r["image"] for r in records]
+        prefixes = encode_prefixes(self.processor, prompts, images)
+        if self.loss_name == "sft":
+            return self._sft_step(records, prefixes)
+
+        # 1. discriminative rewarding: N samples per prompt, scored by the task metric
+        s = self.lists.sampling
+        answers = generate(
+            self.policy, self.processor, prompts, images,
+            num_return_sequences=self.lists.listsize, temperature=s.temperature,
+            top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+        )  # fmt: skip
+        texts = [[decode(self.processor, ids) for ids in row] for row in answers]
+        scored = score_lists(self.reward_fn, records, answers, texts)
+        keep = keep_mask(scored, self.lists.min_margin)
+        self._log_lists(scored, keep)
+        if not keep.any():
+            return self._no_lists_kept()
+        self._empty_steps = 0
+
+        # 2. listwise preference optimization on the kept lists
+        kept = keep.nonzero().squeeze(1).tolist()
+        batch = build_list_batch(
+            prefixes, [answers[i] for i in kept], self._pad_id, select=kept
+        ).to(self.device)
+        policy_lp = answer_logps(self.policy, batch)
+        ref_lp = self.reference.logps(batch)
+        pick = (lambda lp: lp.mean) if self.length_normalize else (lambda lp: lp.sum)
+        rewards = scored.rewards[kept].to(self.device)
+        per_list = self.list_loss(pick(policy_lp), pick(ref_lp), rewards)
+        loss = per_list.mean()
+
+        margin = pick(policy_lp) - pick(ref_lp)  # implicit reward s_k
+        best, worst = rewards.argmax(1, keepdim=True), rewards.argmin(1, keepdim=True)
+        gap = margin.gather(1, best) - margin.gather(1, worst)
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/score_gap_best_worst": gap.mean(),
+                "train/pair_accuracy": (gap > 0).float().mean(),
+                "train/policy_minus_ref": margin.mean(),
+            },
+            prog_bar=False, batch_size=len(kept),
+        )  # fmt: skip
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(kept))
+        return loss
+
+    def _sft_step(self, records, prefixes):
+        tok = self.processor.tokenizer
+        answers = answer_ids(tok, [self.family.answer_text(r, self.task) for r in records])
+        batch = build_list_batch(prefixes, [[a] for a in answers], self._pad_id).to(self.device)
+        lp = answer_logps(self.policy, batch)
+        loss = -lp.sum.sum() / lp.num_tokens.sum()  # mean NLL per answer token
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(records))
+        return loss
+
+    def _log_lists(self, scored, keep):
+        n_lists, n = scored.rewards.shape
+        degenerate = losses.degenerate_lists(scored.rewards)
+        c = self.counters
+        c["lists_seen"] += n_lists
+        c["lists_kept"] += int(keep.sum())
+        c["answers"] += n_lists * n
+        c["unparsed"] += int((~scored.parsed).sum())
+        c["degenerate"] += int(degenerate.sum())
+        self.log_dict(
+            {
+                "train/reward_mean": scored.rewards.mean(),
+                "train/reward_best": scored.rewards.max(1).values.mean(),
+                "train/reward_spread": scored.spread.mean(),
+                "train/kept_fraction": keep.float().mean(),
+                "train/unparsed_fraction": (~scored.parsed).float().mean(),
+            },
+            batch_size=n_lists,
+        )
+        self.log("reward", scored.rewards.mean(), prog_bar=True, logger=False, batch_size=n_lists)
+
+    def _no_lists_kept(self):
+        self._empty_steps += 1
+        if self._empty_steps >= self.lists.max_empty_steps:
+            c = self.counters
+            raise TrainingCollapsed(
+                f"every list was dropped by the spread filter (min_margin={self.lists.min_margin}) "
+                f"for {self._empty_steps} steps in a row; {c['unparsed']} of {c['answers']} sampled "
+                "answers so far did not parse. The policy has likely collapsed: lower the learning "
+                "rate (optim.lr) or beta, or lower data.min_margin."
+            )
+        log.warning("step %d: no list kept (%d in a row); skipping the update", self.global_step, self._empty_steps)
+        return None  # Lightning skips backward and the optimizer step
+
+    # ----- validation: greedy decoding scored by the task's torchmetrics -----------------
+    def validation_step(self, records, batch_idx):
+        prompts = [self.family.prompt_text(r, self.task) for r in records]
+        out = generate(
+            self.policy, self.processor, prompts, [r["image"] for r in records],
+            do_sample=False, max_new_tokens=self.lists.sampling.max_new_tokens,
+        )  # fmt: skip
+        self.val_metrics.update([decode(self.processor, row[0]) for row in out], list(records))
+
+    def on_validation_epoch_end(self):
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True)
+
+    # ----- optimization -----------------------------------------------------------------
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        o = self.optim
+        projector, rest = [], []
+        for name, p in self.policy.named_parameters():
+            if p.requires_grad:
+                (projector if "multi_modal_projector" in name else rest).append(p)
+        groups = [{"params": rest, "lr": o.lr}]
+        if projector:
+            groups.append({"params": projector, "lr": o.projector_lr or o.lr})
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 1000
+        scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @property
+    def _pad_id(self) -> int:
+        return self.processor.tokenizer.pad_token_id

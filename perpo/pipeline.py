@@ -1,0 +1,187 @@
+"""What ``train.py`` runs, in order:
+
+    data splits -> base model (built, SFT warm start, cached) -> evaluate (before)
+    -> align (PerPO / DPO / LiPO / SFT, Lightning) -> evaluate (after) -> results.json + model
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from perpo.data import make_splits
+from perpo.datamodule import RecordDataModule
+from perpo.evaluation import evaluate, image_dependence
+from perpo.families import ChatFamily, TaskSpec
+from perpo.models.loading import atomic_save_pretrained, ensure_tiny, load_model
+from perpo.module import ListConfig, OptimConfig, PerPOModule
+from perpo.rewards import get_reward
+from perpo.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def task_spec(cfg: DictConfig) -> TaskSpec:
+    return TaskSpec(cfg.task.name, cfg.task.instruction, int(cfg.task.max_new_tokens))
+
+
+def build_splits(cfg: DictConfig):
+    """Synthetic train/val/test records (disjoint seeds) for the configured task."""
+    sizes = OmegaConf.to_container(cfg.data.sizes)
+    options = OmegaConf.to_container(cfg.task.generator)
+    return make_splits(cfg.task.name, sizes, seed=int(cfg.data.seed), **options)
+
+
+def build_reward(cfg: DictConfig):
+    """The configured reward as ``fn(completion, record) -> float | None``."""
+    if cfg.reward.get("fn") is not None:  # a user's own function: reward.fn._target_=pkg.mod.fn
+        return instantiate(cfg.reward.fn, _partial_=True)
+    from functools import partial
+
+    return partial(get_reward(cfg.reward.name), **OmegaConf.to_container(cfg.reward.get("params") or {}, resolve=True))
+
+
+def _digest(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def prepare_base(cfg: DictConfig, splits) -> Path:
+    """The model PerPO starts from: the configured checkpoint, SFT-warm-started if enabled.
+
+    The SFT base is cached under ``paths.cache_dir`` keyed by everything that determines it, so
+    later runs (other losses, seeds of the aligner, sweeps) reuse it.
+    """
+    model_cfg = cfg.model
+    path = Path(model_cfg.path)
+    if model_cfg.get("build_tiny"):
+        ensure_tiny(path, seed=0, **OmegaConf.to_container(model_cfg.arch))
+    elif not path.exists() and "/" not in str(model_cfg.path):
+        raise FileNotFoundError(f"model.path={model_cfg.path!r} is neither a local folder nor a hub id")
+    ws = cfg.warmstart
+    if not ws.enabled:
+        return path
+    key = _digest(
+        OmegaConf.to_container(model_cfg, resolve=True),
+        OmegaConf.to_container(cfg.task, resolve=True),
+        OmegaConf.to_container(cfg.data.sizes),
+        cfg.data.seed,
+        OmegaConf.to_container(ws, resolve=True),
+        cfg.seed,
+    )
+    base = Path(cfg.paths.cache_dir) / "sft_base" / f"{model_cfg.name}-{cfg.task.name}-{key}"
+    if (base / "config.json").exists():
+        log.info("SFT warm start: reusing the cached base at %s", base)
+        return base
+    log.info("SFT warm start: %d steps of SFT on ground truth -> %s", ws.steps, base)
+    start = time.time()
+    L.seed_everything(int(cfg.seed), verbose=False)
+    model, processor = load_model(path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"))
+    family = ChatFamily(processor, model_cfg.box_format)
+    module = PerPOModule(
+        model, processor, family, task_spec(cfg), None, loss="sft",
+        optim=OptimConfig(lr=ws.lr, scheduler=ws.scheduler, warmup_steps=ws.warmup_steps, betas=tuple(ws.betas)),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=int(ws.steps), accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1,
+        logger=False, enable_checkpointing=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
+        limit_val_batches=0, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, RecordDataModule(splits["train"], batch_size=int(ws.batch_size)))
+    atomic_save_pretrained(module.policy, processor, base)
+    log.info("SFT warm start done in %.0f s", time.time() - start)
+    return base
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def build_logger(cfg: DictConfig):
+    if not cfg.get("logger") or not cfg.logger.get("_target_"):
+        return False
+    return instantiate(cfg.logger)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    out_dir = Path(cfg.paths.output_dir)
+    task = task_spec(cfg)
+    splits = build_splits(cfg)
+    base_path = prepare_base(cfg, splits)
+
+    L.seed_everything(int(cfg.seed), verbose=False)
+    policy, processor = load_model(
+        base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation")
+    )
+    family = ChatFamily(processor, cfg.model.box_format)
+    test = splits[cfg.eval.split]
+    results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
+
+    if cfg.eval.before:
+        results["before"] = evaluate(policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval before")
+        if cfg.eval.image_check:
+            results["before"].update(image_dependence(policy, processor, family, task, test, seed=int(cfg.seed)))
+        log.info("before: %s", _fmt(results["before"]))
+
+    module = PerPOModule(
+        policy, processor, family, task, build_reward(cfg),
+        loss=cfg.loss.name, beta=float(cfg.beta), gamma=cfg.margin.gamma, margin=cfg.margin.kind,
+        lists=ListConfig(
+            listsize=int(cfg.listsize), min_margin=float(cfg.data.min_margin),
+            max_empty_steps=int(cfg.data.max_empty_steps),
+            sampling=SamplingConfig(float(cfg.sampling.temperature), float(cfg.sampling.top_p), task.max_new_tokens),
+        ),
+        optim=OptimConfig(**OmegaConf.to_container(cfg.optim)),
+        reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
+    )  # fmt: skip
+    trainer = instantiate(cfg.trainer, logger=build_logger(cfg))
+    datamodule = RecordDataModule(
+        splits["train"], splits.get("val"), batch_size=int(cfg.data.batch_size), val_batch_size=cfg.eval.batch_size
+    )
+    start = time.time()
+    trainer.fit(module, datamodule)
+    results["train_seconds"] = round(time.time() - start, 1)
+    results["list_counters"] = dict(module.counters)
+
+    if cfg.eval.after:
+        results["after"] = evaluate(module.policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after")
+        log.info("after: %s", _fmt(results["after"]))
+    results["config"] = OmegaConf.to_container(cfg, resolve=True)
+    write_json_atomic(out_dir / "results.json", results)
+    if cfg.save_model:
+        atomic_save_pretrained(module.policy, processor, out_dir / "model")
+    print_table(results)
+    return results
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    before, after = results.get("before", {}), results.get("after", {})
+    table = Table(title=f"{results['task']}: {results['loss']} (seed {results['seed']})")
+    table.add_column("metric")
+    table.add_column("before (SFT base)", justify="right")
+    table.add_column(f"after ({results['loss']})", justify="right")
+    for key in dict.fromkeys([*before, *after]):
+        b, a = before.get(key), after.get(key)
+        table.add_row(key, "-" if b is None else f"{b:.4f}", "-" if a is None else f"{a:.4f}")
+    Console().print(table)

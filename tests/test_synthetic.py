@@ -1,0 +1,293 @@
+"""Synthetic tasks: determinism, disjoint splits, ground truth that matches the pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from perpo.data import TASKS, features_for, make_records, make_splits, preview_grid, validate_record
+from perpo.data.synthetic import BACKGROUND, PALETTE, PLURALS, SHAPES, iter_samples
+
+
+def _raw_images(ds: datasets.Dataset) -> list[bytes]:
+    return [im["bytes"] for im in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def _pixel_digests(ds: datasets.Dataset) -> set[bytes]:
+    return {hashlib.sha1(np.asarray(im.convert("RGB")).tobytes()).digest() for im in ds["image"]}
+
+
+def _colour_mask(image: Image.Image, colour: tuple[int, int, int]) -> np.ndarray:
+    return np.all(np.asarray(image.convert("RGB")) == np.array(colour, dtype=np.uint8), axis=-1)
+
+
+def _components(mask: np.ndarray) -> int:
+    """Number of 8-connected components of a boolean mask."""
+    seen = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    count = 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        count += 1
+        seen[y0, x0] = True
+        queue = deque([(y0, x0)])
+        while queue:
+            y, x = queue.popleft()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not seen[yy, xx]:
+                        seen[yy, xx] = True
+                        queue.append((yy, xx))
+    return count
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+# --------------------------------------------------------------------------- schema / determinism
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_records_schema_and_ids(task):
+    ds = make_records(task, 5, seed=3)
+    assert ds.features == features_for(task)
+    assert ds["id"] == [f"{task}-3-{i:06d}" for i in range(5)]
+    for rec in ds:
+        assert rec["task"] == task
+        assert rec["image"].mode == "RGB" and rec["image"].size == (64, 64)
+        assert (rec["width"], rec["height"]) == (64, 64)
+        assert validate_record(rec) is None
+    assert make_records(task, 3, seed=1, image_size=48)[0]["image"].size == (48, 48)
+    assert len(make_records(task, 0, seed=1)) == 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_same_seed_identical_different_seed_different(task):
+    a, b, c = make_records(task, 30, seed=7), make_records(task, 30, seed=7), make_records(task, 30, seed=8)
+    assert _raw_images(a) == _raw_images(b)
+    for col in ("id", "prompt", "target", "width", "height"):
+        assert a[col] == b[col]
+    assert _raw_images(a) != _raw_images(c)
+    assert len(set(_raw_images(a)) & set(_raw_images(c))) <= 1  # chance repeats are rare
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_splits_disjoint_and_stable(task):
+    sizes = {"train": 200, "val": 50, "test": 200}
+    dd = make_splits(task, sizes, seed=11)
+    assert list(dd) == ["train", "val", "test"]
+    assert {k: len(v) for k, v in dd.items()} == sizes
+    train, val, test = (_pixel_digests(dd[k]) for k in ("train", "val", "test"))
+    assert not train & test and not train & val and not val & test
+    ids = [i for split in dd.values() for i in split["id"]]
+    assert len(ids) == len(set(ids))
+    # the test split does not depend on the other splits' sizes; other seeds differ
+    alone = make_splits(task, {"test": 200}, seed=11)
+    assert _raw_images(alone["test"]) == _raw_images(dd["test"])
+    assert _raw_images(make_splits(task, {"test": 20}, seed=12)["test"]) != _raw_images(dd["test"])[:20]
+
+
+# --------------------------------------------------------------------------- grounding
+
+
+def test_grounding_box_matches_drawn_pixels():
+    ds = make_records("grounding", 150, seed=5)
+    samples = list(iter_samples("grounding", 150, seed=5))
+    fills = {s: [] for s in SHAPES}
+    for rec, sample in zip(ds, samples):
+        colour_name, shape = re.fullmatch(r"the (\w+) (\w+)", rec["prompt"]).groups()
+        assert colour_name in PALETTE and shape in SHAPES
+        x1, y1, x2, y2 = (int(round(v * 64)) for v in rec["target"])
+        assert np.allclose(np.array(rec["target"]) * 64, [x1, y1, x2, y2], atol=1e-4)
+        assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
+        mask = _colour_mask(rec["image"], PALETTE[colour_name])
+        inside = mask[y1:y2, x1:x2]
+        # the target colour touches all four edges of the box
+        assert inside[0, :].any() and inside[-1, :].any() and inside[:, 0].any() and inside[:, -1].any()
+        # every pixel of that colour outside the box belongs to another shape of that colour
+        outside = mask.copy()
+        outside[y1:y2, x1:x2] = False
+        for obj in sample.objects:
+            if obj["colour"] == colour_name and obj is not sample.objects[sample.target_index]:
+                bx1, by1, bx2, by2 = obj["box"]
+                outside[by1:by2, bx1:bx2] = False
+        assert not outside.any()
+        same_colour = sum(o["colour"] == colour_name for o in sample.objects)
+        if same_colour == 1:
+            ys, xs = np.nonzero(mask)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
+        fills[shape].append(inside.mean())
+    # the drawn shape is the named one: squares fill their box, circles ~pi/4, triangles ~1/2
+    assert min(fills["square"]) > 0.97
+    assert 0.65 < np.mean(fills["circle"]) < 0.9
+    assert 0.4 < np.mean(fills["triangle"]) < 0.65
+
+
+def test_grounding_unique_pairs_and_separation():
+    counts = set()
+    for sample in iter_samples("grounding", 300, seed=2):
+        pairs = [(o["colour"], o["shape"]) for o in sample.objects]
+        assert len(pairs) == len(set(pairs))
+        counts.add(len(pairs))
+        for i, a in enumerate(sample.objects):
+            w = a["box"][2] - a["box"][0]
+            assert 0.2 * 64 - 1 <= w <= 0.5 * 64 + 1
+            for b in sample.objects[i + 1 :]:
+                assert _iou(a["box"], b["box"]) < 0.1
+        t = sample.objects[sample.target_index]
+        assert sample.prompt == f"the {t['colour']} {t['shape']}"
+    assert counts == {1, 2, 3}
+
+
+def test_grounding_num_shapes_range_honoured():
+    counts = [len(s.objects) for s in iter_samples("grounding", 200, seed=4, num_shapes=(2, 4), max_size=0.35)]
+    assert set(counts) == {2, 3, 4}
+    assert {len(s.objects) for s in iter_samples("grounding", 20, seed=4, num_shapes=1)} == {1}
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def test_counting_target_equals_drawn_objects():
+    ds = make_records("counting", 120, seed=9)
+    samples = list(iter_samples("counting", 120, seed=9))
+    seen_counts = set()
+    for rec, sample in zip(ds, samples):
+        kind = sample.meta["kind"]
+        assert rec["prompt"] == PLURALS[kind]
+        assert 0 <= rec["target"] <= 5
+        seen_counts.add(rec["target"])
+        img = rec["image"]
+        # objects of the asked kind share one colour that no other kind uses in this image
+        assert _components(_colour_mask(img, PALETTE[sample.meta["colour"]])) == rec["target"]
+        assert sum(o["shape"] == kind for o in sample.objects) == rec["target"]
+        distractors = [o for o in sample.objects if o["shape"] != kind]
+        assert len(distractors) <= 3
+        assert rec["target"] > 0 or distractors  # never a blank image
+        foreground = ~_colour_mask(img, BACKGROUND)
+        assert _components(foreground) == len(sample.objects)
+        for o in sample.objects:
+            w = o["box"][2] - o["box"][0]
+            assert 0.12 * 64 - 1 <= w <= 0.18 * 64 + 1
+    assert seen_counts == set(range(6))
+
+
+def test_counting_options():
+    samples = list(iter_samples("counting", 60, seed=1, count=(2, 3), kinds=("square",), max_distractors=2))
+    for s in samples:
+        assert s.prompt == "squares" and s.target in (2, 3)
+        assert all(o["shape"] == "square" for o in s.objects)  # no other kind to distract with
+
+
+# --------------------------------------------------------------------------- ocr
+
+
+def test_ocr_text_fits_and_matches_target():
+    line_counts = set()
+    for opts in ({}, {"num_words": (1, 3)}, {"num_words": 2, "word_len": 6}):
+        ds = make_records("ocr", 80, seed=6, **opts)
+        samples = list(iter_samples("ocr", 80, seed=6, **opts))
+        for rec, sample in zip(ds, samples):
+            assert rec["prompt"] == ""
+            text = rec["target"]
+            assert re.fullmatch(r"[a-z]+( [a-z]+)*", text)
+            assert " ".join(sample.lines) == text and 1 <= len(sample.lines) <= 2
+            words = text.split(" ")
+            if not opts:
+                assert len(words) == 1 and 3 <= len(words[0]) <= 5
+            if opts.get("num_words") == (1, 3):
+                assert 1 <= len(words) <= 3 and all(3 <= len(w) <= 5 for w in words)
+            if "word_len" in opts:
+                assert len(words) == 2 and all(len(w) == 6 for w in words)
+            ink = np.asarray(rec["image"].convert("L")) > 0
+            assert ink.any()
+            assert not (ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any())
+            assert sample.font_size >= 8  # legible
+            line_counts.add(len(sample.lines))
+    assert line_counts == {1, 2}  # long texts wrap onto a second line
+
+
+# --------------------------------------------------------------------------- validate_record
+
+
+def _good(task):
+    return dict(make_records(task, 1, seed=0)[0])
+
+
+@pytest.mark.parametrize(
+    "task, change",
+    [
+        ("grounding", {"image": None}),
+        ("grounding", {"image": {"bytes": b"", "path": None}}),
+        ("grounding", {"image": Image.new("RGB", (0, 0))}),
+        ("grounding", {"width": 0}),
+        ("grounding", {"height": -3}),
+        ("grounding", {"target": [0.1, 0.2, 0.3]}),
+        ("grounding", {"target": [0.1, 0.2, float("nan"), 0.5]}),
+        ("grounding", {"target": [0.1, 0.2, "x", 0.5]}),
+        ("grounding", {"target": [0.1, 0.2, 1.2, 0.5]}),
+        ("grounding", {"target": [-0.1, 0.2, 0.3, 0.5]}),
+        ("grounding", {"target": [0.5, 0.2, 0.5, 0.6]}),
+        ("grounding", {"target": [0.1, 0.6, 0.5, 0.2]}),
+        ("grounding", {"prompt": ""}),
+        ("grounding", {"task": "caption"}),
+        ("ocr", {"target": ""}),
+        ("ocr", {"target": "   "}),
+        ("counting", {"target": -1}),
+        ("counting", {"target": 1.5}),
+    ],
+)
+def test_validate_record_catches_bad_records(task, change):
+    record = {**_good(task), **change}
+    reason = validate_record(record)
+    assert isinstance(reason, str) and reason
+
+
+def test_validate_record_missing_column_and_good_forms():
+    record = _good("grounding")
+    del record["target"]
+    assert "target" in validate_record(record)
+    assert validate_record({**_good("counting"), "target": 0}) is None
+    raw = make_records("ocr", 1, seed=0).cast_column("image", datasets.Image(decode=False))[0]
+    assert validate_record(raw) is None
+
+
+# --------------------------------------------------------------------------- errors, preview
+
+
+def test_unknown_option_task_and_split_raise():
+    with pytest.raises(ValueError, match=r"'colour'.*valid options: image_size, num_shapes, min_size, max_size"):
+        make_records("grounding", 2, seed=0, colour="red")
+    with pytest.raises(ValueError, match=r"'num_shapes'.*valid options: image_size, count, kinds, max_distractors"):
+        make_splits("counting", {"train": 2}, seed=0, num_shapes=2)
+    with pytest.raises(ValueError, match=r"'caption'.*grounding, ocr, counting"):
+        make_records("caption", 2, seed=0)
+    with pytest.raises(ValueError, match=r"'dev'.*train, val, test"):
+        make_splits("ocr", {"dev": 2}, seed=0)
+    with pytest.raises(ValueError, match="kinds"):
+        make_records("counting", 2, seed=0, kinds=("hexagon",))
+    with pytest.raises(ValueError, match="num_shapes"):
+        make_records("grounding", 2, seed=0, num_shapes=(3, 1))
+    with pytest.raises(ValueError, match="caption"):
+        features_for("caption")
+
+
+def test_preview_grid_size():
+    ds = make_records("grounding", 10, seed=1)
+    grid = preview_grid(ds, n=16)  # capped at len(ds): 10 cells, 4 columns, 3 rows
+    assert isinstance(grid, Image.Image)
+    assert grid.size == (4 * 128, 3 * (128 + 24))
+    assert preview_grid(make_records("ocr", 4, seed=1), n=4, scale=1).size == (2 * 64, 2 * (64 + 24))
