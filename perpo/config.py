@@ -6,10 +6,13 @@ warm start (trl-style: invalid combinations fail early).
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from perpo.module import ALL_LOSSES, LIST_LOSSES
 from perpo.rewards import REWARD_TASKS
+
+# Known here (not imported from perpo.module) so that validation runs before torch is imported.
+LIST_LOSSES = ("perpo", "dpo", "lipo")
+ALL_LOSSES = (*LIST_LOSSES, "sft")
 
 
 class ConfigError(ValueError):
@@ -22,7 +25,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _problems(cfg: DictConfig):
+    for key in ("beta", "data.min_margin", "sampling.temperature", "sampling.top_p"):
+        if not _number(OmegaConf.select(cfg, key)):
+            yield f"{key}={OmegaConf.select(cfg, key)}: must be a number"
+            return
     task, reward, loss = cfg.task.name, cfg.reward.name, cfg.loss.name
     reward_tasks = list(cfg.reward.get("tasks") or REWARD_TASKS.get(reward, ()))
     if reward_tasks and task not in reward_tasks:
@@ -43,8 +54,8 @@ def _problems(cfg: DictConfig):
             )
         if not cfg.beta > 0:
             yield f"beta={cfg.beta}: beta must be > 0 (paper: 0.1)"
-    if cfg.margin.kind == "lambda" and loss in ("dpo", "sft"):
-        yield f"margin=lambda weights the pairs of a list; loss={loss} has no list pairs: use loss=perpo"
+    if cfg.margin.kind == "lambda" and loss != "perpo":
+        yield f"margin=lambda sets PerPO's pair weights; loss={loss} does not use them: use loss=perpo"
     if cfg.margin.kind == "power" and (cfg.margin.gamma is None or cfg.margin.gamma < 0):
         yield f"margin.gamma={cfg.margin.gamma}: gamma must be >= 0 (0 uniform, 0.5 paper, 1 linear)"
     if not 0 <= cfg.data.min_margin <= 1:

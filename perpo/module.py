@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from perpo import losses
+from perpo.config import ALL_LOSSES, LIST_LOSSES
 from perpo.batching import answer_ids, build_list_batch, encode_prefixes
 from perpo.families import ChatFamily, TaskSpec
 from perpo.lists import keep_mask, score_lists
@@ -28,8 +29,6 @@ from perpo.scoring import answer_logps
 
 log = logging.getLogger(__name__)
 
-LIST_LOSSES = ("perpo", "dpo", "lipo")
-ALL_LOSSES = (*LIST_LOSSES, "sft")
 
 
 class TrainingCollapsed(RuntimeError):

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from perpo.callbacks import StepLog
 from perpo.data import make_splits
 from perpo.datamodule import RecordDataModule
 from perpo.evaluation import evaluate, image_dependence
@@ -29,6 +31,12 @@ from perpo.rewards import get_reward
 from perpo.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
+
+# Expected, and said better by perpo itself: the frozen reference is in eval mode on purpose,
+# and a step whose lists were all dropped returns None (perpo logs and counts those steps).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def task_spec(cfg: DictConfig) -> TaskSpec:
@@ -64,8 +72,9 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     """
     model_cfg = cfg.model
     path = Path(model_cfg.path)
-    if model_cfg.get("build_tiny"):
-        ensure_tiny(path, seed=0, **OmegaConf.to_container(model_cfg.arch))
+    if model_cfg.get("build_tiny"):  # one folder per architecture, so changing arch never reuses a stale build
+        arch = OmegaConf.to_container(model_cfg.arch)
+        path = ensure_tiny(path.with_name(f"{path.name}-{_digest(arch)}"), seed=0, **arch)
     elif not path.exists() and "/" not in str(model_cfg.path):
         raise FileNotFoundError(f"model.path={model_cfg.path!r} is neither a local folder nor a hub id")
     ws = cfg.warmstart
@@ -95,7 +104,7 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     trainer = L.Trainer(
         max_steps=int(ws.steps), accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1,
         logger=False, enable_checkpointing=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
-        limit_val_batches=0, enable_model_summary=False,
+        limit_val_batches=0, enable_model_summary=False, callbacks=[StepLog(50)],
     )  # fmt: skip
     trainer.fit(module, RecordDataModule(splits["train"], batch_size=int(ws.batch_size)))
     atomic_save_pretrained(module.policy, processor, base)
@@ -148,7 +157,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         optim=OptimConfig(**OmegaConf.to_container(cfg.optim)),
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
     )  # fmt: skip
-    trainer = instantiate(cfg.trainer, logger=build_logger(cfg))
+    trainer = instantiate(cfg.trainer, logger=build_logger(cfg), callbacks=[StepLog(10)])
     datamodule = RecordDataModule(
         splits["train"], splits.get("val"), batch_size=int(cfg.data.batch_size), val_batch_size=cfg.eval.batch_size
     )

@@ -40,7 +40,8 @@ CHARS = string.ascii_letters + string.digits + string.punctuation + " \n"
 # LLaVA-1.5's conversation layout: "USER: <image>\n{text} ASSISTANT: {answer}</s>".
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['role'] == 'system' %}{% for c in message['content'] %}{{ c['text'] }}{% endfor %} "
+    "{% elif message['role'] == 'user' %}USER: "
     "{% for c in message['content'] %}"
     "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}"
