@@ -144,6 +144,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results["before"] = evaluate(policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval before")
         if cfg.eval.image_check:
             results["before"].update(image_dependence(policy, processor, family, task, test, seed=int(cfg.seed)))
+            results["base_uses_image"] = _uses_image(results["before"])
+            if not results["base_uses_image"]:
+                log.warning(
+                    "the base model ignores the image: answer NLL %.4f with true images vs %.4f with "
+                    "shuffled ones. Preference training can then only move its guess, not ground it "
+                    "(the paper's image-unconditional case); train the base longer (warmstart.steps).",
+                    results["before"]["nll_true_images"], results["before"]["nll_shuffled_images"],
+                )  # fmt: skip
         log.info("before: %s", _fmt(results["before"]))
 
     module = PerPOModule(
@@ -175,6 +183,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         atomic_save_pretrained(module.policy, processor, out_dir / "model")
     print_table(results)
     return results
+
+
+def _uses_image(metrics: dict, min_gain: float = 0.02) -> bool:
+    """True when true images lower the answer NLL by at least ``min_gain`` (relative)."""
+    true, shuffled = metrics["nll_true_images"], metrics["nll_shuffled_images"]
+    return shuffled - true >= min_gain * shuffled
 
 
 def _fmt(metrics: dict) -> str:
