@@ -204,7 +204,7 @@ class PerPOModule(L.LightningModule):
         prompts = [self.family.prompt_text(r, self.task) for r in records]
         out = generate(
             self.policy, self.processor, prompts, [r["image"] for r in records],
-            do_sample=False, max_new_tokens=self.lists.sampling.max_new_tokens,
+            do_sample=False, max_new_tokens=self.task.max_new_tokens,
         )  # fmt: skip
         self.val_metrics.update([decode(self.processor, row[0]) for row in out], list(records))
 

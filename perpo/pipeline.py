@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -101,14 +102,28 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         model, processor, family, task_spec(cfg), None, loss="sft",
         optim=OptimConfig(lr=ws.lr, scheduler=ws.scheduler, warmup_steps=ws.warmup_steps, betas=tuple(ws.betas)),
     )  # fmt: skip
+    callbacks: list = [StepLog(50)]
+    stop = ws.get("stop_at")
+    if stop:  # a base that "can already do the task somewhat": stop once val reaches the target
+        callbacks.append(
+            EarlyStopping(
+                monitor=f"val/{stop.metric}", mode=stop.mode, stopping_threshold=float(stop.value),
+                patience=10**9, check_on_train_epoch_end=False,
+            )
+        )  # fmt: skip
     trainer = L.Trainer(
         max_steps=int(ws.steps), accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1,
         logger=False, enable_checkpointing=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
-        limit_val_batches=0, enable_model_summary=False, callbacks=[StepLog(50)],
+        val_check_interval=int(ws.val_every) if stop else None, check_val_every_n_epoch=None if stop else 1,
+        limit_val_batches=None if stop else 0, enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
-    trainer.fit(module, RecordDataModule(splits["train"], batch_size=int(ws.batch_size)))
+    trainer.fit(module, RecordDataModule(splits["train"], splits.get("val"), batch_size=int(ws.batch_size)))
     atomic_save_pretrained(module.policy, processor, base)
-    log.info("SFT warm start done in %.0f s", time.time() - start)
+    reached = trainer.callback_metrics.get(f"val/{stop.metric}") if stop else None
+    log.info(
+        "SFT warm start done in %.0f s, %d steps%s", time.time() - start, trainer.global_step,
+        f", val {stop.metric}={float(reached):.3f} (target {stop.value})" if reached is not None else "",
+    )  # fmt: skip
     return base
 
 

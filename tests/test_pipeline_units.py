@@ -1,0 +1,52 @@
+"""Small pieces of perpo.pipeline: reward building (registry or the user's own _target_),
+the image-use verdict, the cache key, and atomic result writing."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from perpo.pipeline import _digest, _uses_image, build_reward, write_json_atomic
+
+
+def my_reward(completion, record, *, bonus=0.0):
+    """A user's reward living outside perpo: exact match plus a configurable bonus."""
+    return min(1.0, float(completion == record["target"]) + bonus)
+
+
+def test_registered_reward_gets_its_params():
+    cfg = OmegaConf.create({"reward": {"name": "iou", "params": {"box_format": "norm2"}}})
+    reward = build_reward(cfg)
+    record = {"target": [0.0, 0.0, 0.5, 0.5], "width": 64, "height": 64}
+    assert reward("[0.00, 0.00, 0.50, 0.50]", record) == pytest.approx(1.0)
+    # [0, 0, .5, .25] inside the target: IoU = 0.125 / 0.25 = 0.5
+    assert reward("[0.00, 0.00, 0.50, 0.25]", record) == pytest.approx(0.5)
+    assert reward("no box here", record) is None
+
+
+def test_user_reward_from_target_without_touching_perpo():
+    cfg = OmegaConf.create(
+        {"reward": {"name": "mine", "fn": {"_target_": f"{__name__}.my_reward", "bonus": 0.25}}}
+    )
+    reward = build_reward(cfg)
+    assert reward("abc", {"target": "abc"}) == 1.0
+    assert reward("abd", {"target": "abc"}) == 0.25
+
+
+def test_uses_image_needs_a_relative_gain():
+    assert _uses_image({"nll_true_images": 0.43, "nll_shuffled_images": 0.78})
+    assert not _uses_image({"nll_true_images": 0.5555, "nll_shuffled_images": 0.5555})
+    assert not _uses_image({"nll_true_images": 0.99, "nll_shuffled_images": 1.0})  # 1% < 2%
+
+
+def test_digest_is_order_independent_and_sensitive():
+    assert _digest({"a": 1, "b": 2}) == _digest({"b": 2, "a": 1})
+    assert _digest({"a": 1}) != _digest({"a": 2})
+
+
+def test_write_json_atomic_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "sub" / "results.json"
+    write_json_atomic(target, {"x": 1})
+    write_json_atomic(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["results.json"]
