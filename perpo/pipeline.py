@@ -57,7 +57,9 @@ def build_reward(cfg: DictConfig):
         return instantiate(cfg.reward.fn, _partial_=True)
     from functools import partial
 
-    return partial(get_reward(cfg.reward.name), **OmegaConf.to_container(cfg.reward.get("params") or {}, resolve=True))
+    params = cfg.reward.get("params")
+    params = {} if params is None else OmegaConf.to_container(params, resolve=True)
+    return partial(get_reward(cfg.reward.name), **params)
 
 
 def _digest(*parts: Any) -> str:

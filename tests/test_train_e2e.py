@@ -234,6 +234,27 @@ def test_sft_and_dpo_run_end_to_end(cache, first_run):
             assert counters["lists_seen"] == 2 * 4
 
 
+def test_every_task_and_the_other_loggers_run_end_to_end(cache, tmp_path):
+    """task=ocr,counting x logger=tensorboard,none as one multirun: 4 jobs, 2 warm starts."""
+    sweep = tmp_path / "tasks"
+    train(
+        "task=ocr,counting", "logger=tensorboard,none", f"hydra.sweep.dir={sweep}", "trainer.max_steps=2",
+        "trainer.val_check_interval=2", "save_model=false", cache=cache, flags=("-m",),
+    )  # fmt: skip
+    expected = {"ocr": ("edit_distance", "precision", "recall", "f1", "bleu"), "counting": ("accuracy", "mae", "parse_rate")}
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 4, jobs
+    for job in jobs:
+        results = read_results(job)
+        task, logger = results["task"], results["config"]["logger"].get("_target_")
+        assert results["config"]["reward"]["name"] == {"ocr": "edit", "counting": "count"}[task]
+        for key in expected[task]:
+            assert isinstance(results["before"][key], float) and isinstance(results["after"][key], float)
+        assert results["list_counters"]["lists_seen"] == 2 * 4
+        has_events = any(job.rglob("events.out.tfevents.*"))
+        assert has_events == (logger is not None and logger.endswith("TensorBoardLogger")), (job, logger)
+
+
 # -- 7. logger=wandb offline, no login ----------------------------------------------------------
 
 
