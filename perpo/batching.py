@@ -104,3 +104,16 @@ def build_list_batch(
     index = torch.tensor(select).repeat_interleave(n)
     vision = {k: v[index] for k, v in prefixes.vision.items()}
     return ListBatch(input_ids, attention_mask, answer_mask, vision, len(select), n)
+
+
+def ground_truth_batch(processor: Any, family: Any, task: Any, records: Sequence, images: Sequence | None = None) -> ListBatch:
+    """Lists of one answer each: the ground truth in the family's format (SFT, NLL checks).
+
+    ``images`` replaces the records' own images (the shuffled-image check) when given.
+    """
+    prompts = [family.prompt_text(r, task) for r in records]
+    images = [r["image"] for r in records] if images is None else images
+    answers = answer_ids(processor.tokenizer, [family.answer_text(r, task) for r in records])
+    prefixes = encode_prefixes(processor, prompts, images)
+    return build_list_batch(prefixes, [[a] for a in answers], processor.tokenizer.pad_token_id)
+

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from perpo.batching import answer_ids, build_list_batch, encode_prefixes
+from perpo.batching import ground_truth_batch
 from perpo.families import ChatFamily, TaskSpec
 from perpo.metrics import TaskMetrics
 from perpo.sampling import decode, generate
@@ -74,15 +74,11 @@ def image_dependence(
     for start in range(0, len(records), batch_size):
         idx = list(range(start, min(start + batch_size, len(records))))
         batch = [records[i] for i in idx]
-        prompts = [family.prompt_text(r, task) for r in batch]
-        answers = [[a] for a in answer_ids(processor.tokenizer, [family.answer_text(r, task) for r in batch])]
         for name, images in (
             ("true", [r["image"] for r in batch]),
             ("shuffled", [records[order[i]]["image"] for i in idx]),
         ):
-            prefixes = encode_prefixes(processor, prompts, images)
-            lb = build_list_batch(prefixes, answers, processor.tokenizer.pad_token_id)
-            lb = lb.to(next(model.parameters()).device)
+            lb = ground_truth_batch(processor, family, task, batch, images).to(next(model.parameters()).device)
             lp = answer_logps(model, lb)
             totals[name][0] += float(-lp.sum.sum())
             totals[name][1] += int(lp.num_tokens.sum())

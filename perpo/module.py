@@ -19,7 +19,7 @@ import torch
 
 from perpo import losses
 from perpo.config import ALL_LOSSES, LIST_LOSSES
-from perpo.batching import answer_ids, build_list_batch, encode_prefixes
+from perpo.batching import build_list_batch, encode_prefixes, ground_truth_batch
 from perpo.families import ChatFamily, TaskSpec
 from perpo.lists import keep_mask, score_lists
 from perpo.metrics import TaskMetrics
@@ -108,11 +108,11 @@ class PerPOModule(L.LightningModule):
 
     # ----- the training step, top to bottom ---------------------------------------------
     def training_step(self, records: Sequence[Mapping[str, Any]], batch_idx: int):
+        if self.loss_name == "sft":
+            return self._sft_step(records)
         prompts = [self.family.prompt_text(r, self.task) for r in records]
         images = [r["image"] for r in records]
         prefixes = encode_prefixes(self.processor, prompts, images)
-        if self.loss_name == "sft":
-            return self._sft_step(records, prefixes)
 
         # 1. discriminative rewarding: N samples per prompt, scored by the task metric
         s = self.lists.sampling
@@ -156,10 +156,8 @@ class PerPOModule(L.LightningModule):
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(kept))
         return loss
 
-    def _sft_step(self, records, prefixes):
-        tok = self.processor.tokenizer
-        answers = answer_ids(tok, [self.family.answer_text(r, self.task) for r in records])
-        batch = build_list_batch(prefixes, [[a] for a in answers], self._pad_id).to(self.device)
+    def _sft_step(self, records):
+        batch = ground_truth_batch(self.processor, self.family, self.task, records).to(self.device)
         lp = answer_logps(self.policy, batch)
         loss = -lp.sum.sum() / lp.num_tokens.sum()  # mean NLL per answer token
         self.log("train/loss", loss, prog_bar=True, batch_size=len(records))

@@ -42,7 +42,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from perpo.data.records import TASKS, _check_task, features_for
+from perpo.data.records import _check_task, features_for
 
 __all__ = [
     "PALETTE",
