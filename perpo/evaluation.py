@@ -25,6 +25,17 @@ def _batches(records: Sequence, size: int):
 
 
 @torch.no_grad()
+def greedy_answers(model: torch.nn.Module, processor: Any, family: ChatFamily, task: TaskSpec, records: Sequence) -> list[str]:
+    """The model's greedy answer text for each record (evaluation and validation)."""
+    prompts = [family.prompt_text(r, task) for r in records]
+    out = generate(
+        model, processor, prompts, [r["image"] for r in records],
+        do_sample=False, max_new_tokens=task.max_new_tokens,
+    )  # fmt: skip
+    return [decode(processor, row[0]) for row in out]
+
+
+@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     processor: Any,
@@ -40,12 +51,7 @@ def evaluate(
     predictions = []
     with tqdm(total=len(records), desc=desc, unit="item", dynamic_ncols=True) as bar:
         for batch in _batches(records, batch_size):
-            prompts = [family.prompt_text(r, task) for r in batch]
-            out = generate(
-                model, processor, prompts, [r["image"] for r in batch],
-                do_sample=False, max_new_tokens=task.max_new_tokens,
-            )  # fmt: skip
-            texts = [decode(processor, row[0]) for row in out]
+            texts = greedy_answers(model, processor, family, task, batch)
             metrics.update(texts, batch)
             predictions += [{"id": r["id"], "prediction": t} for r, t in zip(batch, texts)]
             bar.update(len(batch))

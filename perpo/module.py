@@ -18,8 +18,9 @@ import lightning as L
 import torch
 
 from perpo import losses
-from perpo.config import ALL_LOSSES, LIST_LOSSES
 from perpo.batching import build_list_batch, encode_prefixes, ground_truth_batch
+from perpo.config import ALL_LOSSES, LIST_LOSSES
+from perpo.evaluation import greedy_answers
 from perpo.families import ChatFamily, TaskSpec
 from perpo.lists import keep_mask, score_lists
 from perpo.metrics import TaskMetrics
@@ -28,7 +29,6 @@ from perpo.sampling import SamplingConfig, decode, generate
 from perpo.scoring import answer_logps
 
 log = logging.getLogger(__name__)
-
 
 
 class TrainingCollapsed(RuntimeError):
@@ -199,12 +199,8 @@ class PerPOModule(L.LightningModule):
 
     # ----- validation: greedy decoding scored by the task's torchmetrics -----------------
     def validation_step(self, records, batch_idx):
-        prompts = [self.family.prompt_text(r, self.task) for r in records]
-        out = generate(
-            self.policy, self.processor, prompts, [r["image"] for r in records],
-            do_sample=False, max_new_tokens=self.task.max_new_tokens,
-        )  # fmt: skip
-        self.val_metrics.update([decode(self.processor, row[0]) for row in out], list(records))
+        answers = greedy_answers(self.policy, self.processor, self.family, self.task, records)
+        self.val_metrics.update(answers, list(records))
 
     def on_validation_epoch_end(self):
         values = self.val_metrics.compute()
