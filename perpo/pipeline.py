@@ -95,7 +95,7 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     if (base / "config.json").exists():
         log.info("SFT warm start: reusing the cached base at %s", base)
         return base
-    log.info("SFT warm start: %d steps of SFT on ground truth -> %s", ws.steps, base)
+    log.info("SFT warm start: SFT on ground truth for up to %d steps (stops at warmstart.stop_at) -> %s", ws.steps, base)
     start = time.time()
     L.seed_everything(int(cfg.seed), verbose=False)
     model, processor = load_model(path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"))
