@@ -31,6 +31,38 @@ from perpo.scoring import answer_logps
 log = logging.getLogger(__name__)
 
 
+#: Parameter-name fragments of vision towers across families (LLaVA, Qwen-VL, Idefics/SmolVLM).
+VISION_TOWER_KEYS = ("vision_tower", "visual.", "vision_model")
+PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger", "connector")
+
+
+def param_groups(model: torch.nn.Module, *, lr: float, projector_lr: float | None = None, vision_lr: float | None = None) -> list[dict]:
+    """AdamW groups: vision tower, projector and the rest, each with its own learning rate.
+
+    ``vision_lr=0`` freezes the vision tower (its parameters get ``requires_grad=False``).
+    """
+    vision, projector, rest = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if any(k in name for k in PROJECTOR_KEYS):
+            projector.append(p)
+        elif any(k in name for k in VISION_TOWER_KEYS):
+            vision.append(p)
+        else:
+            rest.append(p)
+    groups = [{"params": rest, "lr": lr}]
+    if projector:
+        groups.append({"params": projector, "lr": lr if projector_lr is None else projector_lr})
+    if vision:
+        if vision_lr == 0:
+            for p in vision:
+                p.requires_grad_(False)
+        else:
+            groups.append({"params": vision, "lr": lr if vision_lr is None else vision_lr})
+    return groups
+
+
 class TrainingCollapsed(RuntimeError):
     """Every list was dropped for many steps in a row: there is nothing left to learn from."""
 
@@ -39,6 +71,7 @@ class TrainingCollapsed(RuntimeError):
 class OptimConfig:
     lr: float = 3e-4
     projector_lr: float | None = None  # None: same as lr
+    vision_lr: float | None = None  # vision tower; None: same as lr, 0: frozen
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     scheduler: str = "cosine"  # any name of transformers.get_scheduler
@@ -212,13 +245,7 @@ class PerPOModule(L.LightningModule):
         from transformers import get_scheduler
 
         o = self.optim
-        projector, rest = [], []
-        for name, p in self.policy.named_parameters():
-            if p.requires_grad:
-                (projector if "multi_modal_projector" in name else rest).append(p)
-        groups = [{"params": rest, "lr": o.lr}]
-        if projector:
-            groups.append({"params": projector, "lr": o.projector_lr or o.lr})
+        groups = param_groups(self.policy, lr=o.lr, projector_lr=o.projector_lr, vision_lr=o.vision_lr)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 1000
         scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)

@@ -102,7 +102,10 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     family = ChatFamily(processor, model_cfg.box_format)
     module = PerPOModule(
         model, processor, family, task_spec(cfg), None, loss="sft",
-        optim=OptimConfig(lr=ws.lr, scheduler=ws.scheduler, warmup_steps=ws.warmup_steps, betas=tuple(ws.betas)),
+        optim=OptimConfig(
+            lr=ws.lr, scheduler=ws.scheduler, warmup_steps=ws.warmup_steps, betas=tuple(ws.betas),
+            vision_lr=ws.get("vision_lr"), projector_lr=ws.get("projector_lr"), weight_decay=ws.get("weight_decay", 0.0),
+        ),
     )  # fmt: skip
     callbacks: list = [StepLog(50)]
     stop = ws.get("stop_at")

@@ -50,3 +50,27 @@ def test_write_json_atomic_leaves_no_temp_files(tmp_path):
     write_json_atomic(target, {"x": 2})
     assert json.loads(target.read_text()) == {"x": 2}
     assert [p.name for p in target.parent.iterdir()] == ["results.json"]
+
+
+def test_param_groups_split_vision_projector_and_rest_and_freeze_the_tower():
+    import torch
+
+    from perpo.module import param_groups
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_tower = torch.nn.Linear(2, 2)
+            self.multi_modal_projector = torch.nn.Linear(2, 2)
+            self.language_model = torch.nn.Linear(2, 2)
+
+    m = Tiny()
+    groups = param_groups(m, lr=1e-3, projector_lr=5e-4, vision_lr=1e-4)
+    assert [g["lr"] for g in groups] == [1e-3, 5e-4, 1e-4]
+    assert [len(g["params"]) for g in groups] == [2, 2, 2]
+
+    m = Tiny()
+    groups = param_groups(m, lr=1e-3, vision_lr=0)  # frozen: not in the optimizer, no grads
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3]
+    assert not any(p.requires_grad for p in m.vision_tower.parameters())
+    assert all(p.requires_grad for p in m.language_model.parameters())

@@ -291,3 +291,53 @@ def test_preview_grid_size():
     assert isinstance(grid, Image.Image)
     assert grid.size == (4 * 128, 3 * (128 + 24))
     assert preview_grid(make_records("ocr", 4, seed=1), n=4, scale=1).size == (2 * 64, 2 * (64 + 24))
+
+
+# --------------------------------------------------------------------------- grid layout
+
+
+def test_ocr_grid_puts_one_letter_per_cell_in_reading_order():
+    """grid=4 on 64 px: 16-px cells; each word on its own row, one glyph per cell."""
+    samples = list(iter_samples("ocr", 60, seed=3, grid=4, num_words=(1, 2), word_len=(2, 4)))
+    assert any(len(s.lines) == 2 for s in samples)
+    for s in samples:
+        ink = np.asarray(s.image.convert("L")) > 0
+        rows = s.meta["rows"]
+        assert list(rows) == sorted(set(rows)) and len(rows) == len(s.lines)
+        assert s.target == " ".join(s.lines)
+        cells = ink.reshape(4, 16, 4, 16).any(axis=(1, 3))  # [row, col] has ink
+        for row in range(4):
+            word = s.lines[rows.index(row)] if row in rows else ""
+            inked = np.flatnonzero(cells[row])
+            assert len(inked) == len(word)  # one inked cell per letter: no glyph crosses a border
+            if word:
+                assert inked.tolist() == list(range(inked[0], inked[0] + len(word)))  # contiguous
+
+
+def test_counting_grid_keeps_each_object_inside_its_own_cell():
+    samples = list(iter_samples("counting", 80, seed=4, grid=4))
+    for s in samples:
+        cells = set()
+        for o in s.objects:
+            x1, y1, x2, y2 = o["box"]
+            cell = (x1 // 16, y1 // 16)
+            assert ((x2 - 1) // 16, (y2 - 1) // 16) == cell  # inside one cell
+            assert 0.55 * 16 - 1 <= x2 - x1 <= 0.85 * 16 + 1
+            cells.add(cell)
+        assert len(cells) == len(s.objects)  # distinct cells
+        assert sum(o["shape"] == s.meta["kind"] for o in s.objects) == s.target
+
+
+@pytest.mark.parametrize(
+    "task,opts,match",
+    [
+        ("ocr", {"grid": 4, "word_len": 5}, r"at most 4 letters"),
+        ("ocr", {"grid": 4, "num_words": (1, 5), "word_len": 2}, r"at most 4 words"),
+        ("ocr", {"grid": 16}, r"cells of at least 8 pixels"),
+        ("counting", {"grid": 2, "count": (0, 3), "max_distractors": 2}, r"at most 4 objects"),
+        ("counting", {"grid": -1}, r"'grid'"),
+    ],
+)
+def test_grid_options_are_validated(task, opts, match):
+    with pytest.raises(ValueError, match=match):
+        make_records(task, 2, seed=0, **opts)

@@ -12,19 +12,24 @@ Tasks and their options (keyword only, defaults shown):
     IoU = 0 < 0.1 and no shape hides part of another). One shape is the target:
     ``prompt = "the red circle"``, ``target`` = its tight drawn box, normalized xyxy with
     exclusive x2/y2 (pixels 8..23 -> 8/64, 24/64).
-``ocr`` -- ``image_size=64, num_words=(1, 1), word_len=(3, 5), alphabet="a..z"``
+``ocr`` -- ``image_size=64, num_words=(1, 1), word_len=(3, 5), alphabet="a..z", grid=0``
     Random words in white on black, PIL's embedded FreeType font (size 0.3 * image_size
     shrunk until the text fits with a 2-pixel margin): the largest size at which either one
     line or a two-line wrap fits; at equal size one line wins. ``prompt = ""``; ``target`` = the words joined by single spaces.
+    ``grid=g > 0``: monospaced instead, one letter per cell of a g x g layout (cells of
+    image_size // g pixels) and one word per row, rows in reading order, each word at a
+    random column, each row shifted by up to a pixel. With g = image_size // patch_size every
+    ViT patch holds at most one glyph, which a tiny model learns to read in minutes.
 ``counting`` -- ``image_size=64, count=(0, 5), kinds=("circle", "square", "triangle"),
-max_distractors=3``
+max_distractors=3, grid=0``
     ``count`` objects of one kind plus distractors of the other kinds, side 0.12-0.18 of
     the image, never touching. Colours: each image draws a random palette colour per kind,
     all objects of one kind share it and different kinds get different colours (so the
     colour -> kind mapping changes from image to image, and the count equals the number of
     connected blobs of that colour). An image with ``count == 0`` gets at least one
     distractor (when possible) so that it is never blank. ``prompt`` = the plural noun
-    (``"circles"``); ``target`` = the count.
+    (``"circles"``); ``target`` = the count. ``grid=g > 0``: each object in its own cell of a
+    g x g layout (side 0.55-0.85 of a cell, random place inside it) instead of anywhere.
 
 Ranges ``(lo, hi)`` are inclusive and drawn per image; a single int means ``(n, n)``.
 Unknown tasks or options raise ``ValueError`` naming them and listing the valid ones.
@@ -75,6 +80,7 @@ OCR_INK: tuple[int, int, int] = (255, 255, 255)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 _COUNT_OBJECT_SIZE = (0.12, 0.18)  # side as a fraction of the image (counting)
+_CELL_OBJECT_SIZE = (0.55, 0.85)  # side as a fraction of a grid cell (counting with grid > 0)
 _GAP = 1  # background pixels required between two objects' boxes
 _OCR_MARGIN = 2  # background pixels kept around the text
 _OCR_MIN_SIZE = 6  # absolute smallest font size
@@ -88,8 +94,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "num_words": (1, 1),
         "word_len": (3, 5),
         "alphabet": "abcdefghijklmnopqrstuvwxyz",
+        "grid": 0,
     },
-    "counting": {"image_size": 64, "count": (0, 5), "kinds": SHAPES, "max_distractors": 3},
+    "counting": {"image_size": 64, "count": (0, 5), "kinds": SHAPES, "max_distractors": 3, "grid": 0},
 }
 
 
@@ -151,6 +158,15 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"option 'image_size' must be an int >= 16, got {size!r}")
     opts["image_size"] = int(size)
 
+    if task in ("ocr", "counting"):
+        grid = opts["grid"]
+        if not isinstance(grid, (int, np.integer)) or isinstance(grid, bool) or grid < 0 or (grid and size // grid < 8):
+            raise ValueError(
+                f"option 'grid' must be 0 (free layout) or an int >= 1 with cells of at least 8 pixels "
+                f"(image_size // grid >= 8), got {grid!r} for image_size {size}"
+            )
+        opts["grid"] = int(grid)
+
     if task == "grounding":
         opts["num_shapes"] = _range("num_shapes", opts["num_shapes"], lo_bound=1)
         if opts["num_shapes"][1] > len(PALETTE) * len(SHAPES):
@@ -169,6 +185,12 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(alphabet, str) or not alphabet or any(c.isspace() for c in alphabet):
             raise ValueError(f"option 'alphabet' must be a non-empty string without spaces, got {alphabet!r}")
         opts["alphabet"] = "".join(dict.fromkeys(alphabet))  # de-duplicate, keep order
+        g = opts["grid"]
+        if g and (opts["word_len"][1] > g or opts["num_words"][1] > g):
+            raise ValueError(
+                f"with option 'grid' = {g} a word has at most {g} letters and an image at most {g} words "
+                f"(one per row), got word_len {opts['word_len']!r}, num_words {opts['num_words']!r}"
+            )
     else:
         opts["count"] = _range("count", opts["count"], lo_bound=0)
         kinds = opts["kinds"]
@@ -185,6 +207,12 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(md, (int, np.integer)) or isinstance(md, bool) or md < 0:
             raise ValueError(f"option 'max_distractors' must be an int >= 0, got {md!r}")
         opts["max_distractors"] = int(md)
+        g = opts["grid"]
+        if g and opts["count"][1] + md > g * g:
+            raise ValueError(
+                f"with option 'grid' = {g} an image holds at most {g * g} objects (one per cell), "
+                f"but count {opts['count']!r} plus max_distractors {md} can exceed it"
+            )
     return opts
 
 
@@ -217,6 +245,21 @@ def _place(rng: np.random.Generator, n: int, image_size: int, lo: float, hi: flo
         f"could not place {n} non-overlapping shapes of side {lo:.2f}-{hi:.2f} in a "
         f"{image_size}x{image_size} image; lower the number of shapes or their size"
     )
+
+
+def _place_in_cells(rng: np.random.Generator, n: int, image_size: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """``n`` square boxes in ``n`` distinct cells of a ``grid x grid`` layout, side 0.55-0.85 of
+    a cell, placed at random inside it (cells keep objects apart and aligned with ViT patches)."""
+    cell = image_size // grid
+    boxes = []
+    for c in rng.choice(grid * grid, size=n, replace=False):
+        row, col = divmod(int(c), grid)
+        side = int(round(rng.uniform(*_CELL_OBJECT_SIZE) * cell))
+        side = min(max(side, 3), cell - 1)
+        x0 = col * cell + int(rng.integers(0, cell - side))
+        y0 = row * cell + int(rng.integers(0, cell - side))
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return boxes
 
 
 def _shape_mask(shape: str, box: Sequence[int], image_size: int) -> Image.Image:
@@ -281,7 +324,10 @@ def _counting(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
     shapes = [kind] * k + distractors
     order = rng.permutation(len(shapes)) if shapes else []
     shapes = [shapes[int(i)] for i in order]
-    boxes = _place(rng, len(shapes), size, *_COUNT_OBJECT_SIZE)
+    if opts["grid"]:
+        boxes = _place_in_cells(rng, len(shapes), size, opts["grid"])
+    else:
+        boxes = _place(rng, len(shapes), size, *_COUNT_OBJECT_SIZE)
     image, objects = _draw_objects(shapes, [colour_of[s] for s in shapes], boxes, size)
     return Sample(image, PLURALS[kind], k, objects, meta={"kind": kind, "colour": colour_of[kind]})
 
@@ -319,6 +365,8 @@ def _ocr(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
         length = int(rng.integers(opts["word_len"][0], opts["word_len"][1] + 1))
         words.append("".join(alphabet[int(i)] for i in rng.integers(0, len(alphabet), size=length)))
     text = " ".join(words)
+    if opts["grid"]:
+        return _ocr_grid(rng, words, size, opts["grid"], alphabet)
     room = size - 2 * _OCR_MARGIN
     max_font = max(_OCR_MIN_SIZE, int(round(size * 0.3)))
 
@@ -348,6 +396,41 @@ def _ocr(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
     for line, (dx, dy) in zip(lines, offs):
         draw.text((x + dx, y + dy), line, font=font, fill=OCR_INK)
     return Sample(image, "", text, lines=tuple(lines), font_size=fsize, meta={"xy": (x, y), "wh": (w, h)})
+
+
+@lru_cache(maxsize=32)
+def _cell_font(cell: int, alphabet: str) -> tuple[int, int, int]:
+    """(font size, ink top, ink height): the largest font whose every glyph fits a cell with a
+    1-pixel margin, all glyphs sharing one baseline."""
+    for fsize in range(cell, _OCR_MIN_SIZE - 1, -1):
+        font = _font(fsize)
+        boxes = [font.getbbox(c) for c in alphabet]
+        top = min(b[1] for b in boxes)
+        height = max(b[3] for b in boxes) - top
+        if max(b[2] - b[0] for b in boxes) <= cell - 2 and height <= cell - 2:
+            return fsize, top, height
+    raise ValueError(f"no font size >= {_OCR_MIN_SIZE} fits the alphabet into {cell}-pixel cells")
+
+
+def _ocr_grid(rng: np.random.Generator, words: Sequence[str], size: int, grid: int, alphabet: str) -> Sample:
+    """Monospaced text, one letter per cell of a ``grid x grid`` layout and one word per row
+    (rows in reading order, each word starting at a random column), so that each ViT patch of a
+    ``size // grid`` patch model holds one glyph. Each row is shifted by up to one pixel."""
+    cell = size // grid
+    fsize, top, height = _cell_font(cell, alphabet)
+    font = _font(fsize)
+    rows = sorted(int(r) for r in rng.choice(grid, size=len(words), replace=False))
+    image = Image.new("RGB", (size, size), OCR_BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for word, row in zip(words, rows):
+        col0 = int(rng.integers(0, grid - len(word) + 1))
+        jx, jy = (int(v) for v in rng.integers(-1, 2, size=2))
+        for i, ch in enumerate(word):
+            left, _, right, _ = font.getbbox(ch)
+            x = (col0 + i) * cell + (cell - (right - left)) // 2 - left + jx
+            y = row * cell + (cell - height) // 2 - top + jy
+            draw.text((x, y), ch, font=font, fill=OCR_INK)
+    return Sample(image, "", " ".join(words), lines=tuple(words), font_size=fsize, meta={"rows": tuple(rows)})
 
 
 _GENERATORS = {"grounding": _grounding, "ocr": _ocr, "counting": _counting}
