@@ -8,13 +8,18 @@ every answer: row ``b * N + k`` is prefix_b + answer_bk, right-padded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Sequence
 
 import torch
 
 # Processor outputs that are per-token (built here), not per-image (repeated per answer).
 _TOKEN_KEYS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
+# Per-token type ids some families need in the forward (Qwen-VL M-RoPE: mm_token_type_ids;
+# Gemma 3 bidirectional attention over image tokens: token_type_ids). 0 marks text, so answer
+# tokens and padding get 0.
+_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
 
 
 @dataclass
@@ -22,7 +27,22 @@ class Prefixes:
     """Tokenized prompts of B records: unpadded ids and the processor's image tensors."""
 
     ids: list[list[int]]
-    vision: dict[str, torch.Tensor]  # e.g. pixel_values [B, 3, H, W]
+    # The processor's image tensors of all records, concatenated on dim 0: pixel_values
+    # [B, 3, H, W] (LLaVA), [B, crops, 3, H, W] (LLaVA-NeXT, Idefics3: crops zero-padded to the
+    # most), or [patches of all records, D] (Qwen-VL, with image_grid_thw [B, 3]).
+    vision: dict[str, torch.Tensor]
+    vision_rows: dict[str, list[int]] = field(default_factory=dict)  # dim-0 rows per record (default 1)
+    token_types: dict[str, list[list[int]]] = field(default_factory=dict)  # per-token type ids per record
+
+    def vision_of(self, records: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The image tensors of ``records`` (indices into the B records, repeats allowed), in order."""
+        out = {}
+        for key, value in self.vision.items():
+            rows = self.vision_rows.get(key) or [1] * len(self.ids)
+            starts = list(accumulate(rows, initial=0))
+            index = [i for r in records for i in range(starts[r], starts[r] + rows[r])]
+            out[key] = value[torch.tensor(index, dtype=torch.long)]
+        return out
 
 
 @dataclass
@@ -35,9 +55,10 @@ class ListBatch:
     vision: dict[str, torch.Tensor]  # image tensors, repeated per answer
     num_lists: int
     list_size: int
+    token_types: dict[str, torch.Tensor] = field(default_factory=dict)  # [B*N, L] each, 0 past the prefix
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.vision}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.token_types, **self.vision}
 
     def to(self, device) -> "ListBatch":
         return ListBatch(
@@ -47,20 +68,39 @@ class ListBatch:
             {k: v.to(device) for k, v in self.vision.items()},
             self.num_lists,
             self.list_size,
+            {k: v.to(device) for k, v in self.token_types.items()},
         )
 
 
 def encode_prefixes(processor: Any, prompt_texts: Sequence[str], images: Sequence[Any]) -> Prefixes:
     """Run the processor once per record (image placeholders expanded), keep ids unpadded."""
-    ids, vision = [], {}
+    ids, vision, rows, types = [], {}, {}, {}
     for text, image in zip(prompt_texts, images, strict=True):
         enc = processor(images=[image], text=[text], return_tensors="pt")
         mask = enc["attention_mask"][0].bool()
         ids.append(enc["input_ids"][0][mask].tolist())
+        for key in _TYPE_KEYS:
+            if key in enc:
+                types.setdefault(key, []).append(enc[key][0][mask].tolist())
         for key, value in enc.items():
             if key not in _TOKEN_KEYS and isinstance(value, torch.Tensor):
                 vision.setdefault(key, []).append(value)
-    return Prefixes(ids, {k: torch.cat(v) for k, v in vision.items()})
+                rows.setdefault(key, []).append(value.shape[0] if value.dim() else 1)
+    return Prefixes(ids, {k: _cat_padded(v) for k, v in vision.items()}, rows, types)
+
+
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate on dim 0, zero-padding the other dims to the largest (as the processors pad
+    LLaVA-NeXT / Idefics3 crops: the models drop all-zero crops / use image_sizes)."""
+    if len({t.shape[1:] for t in tensors}) <= 1:
+        return torch.cat(tensors)
+    shape = [max(s) for s in zip(*(t.shape[1:] for t in tensors))]
+    out = []
+    for t in tensors:
+        pad = t.new_zeros((t.shape[0], *shape))
+        pad[(slice(None), *(slice(0, n) for n in t.shape[1:]))] = t
+        out.append(pad)
+    return torch.cat(out)
 
 
 def answer_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -94,6 +134,12 @@ def build_list_batch(
             rows.append(prefix + ans)
             answer_spans.append((len(prefix), len(prefix) + len(ans)))
     width = max(len(r) for r in rows)
+    index = [r for r in select for _ in range(n)]  # the record of each row
+    token_types = {}
+    for key, per_record in prefixes.token_types.items():
+        token_types[key] = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(index):
+            token_types[key][i, : len(per_record[r])] = torch.tensor(per_record[r])
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -101,9 +147,9 @@ def build_list_batch(
         input_ids[i, : len(row)] = torch.tensor(row)
         attention_mask[i, : len(row)] = 1
         answer_mask[i, start:end] = True
-    index = torch.tensor(select).repeat_interleave(n)
-    vision = {k: v[index] for k, v in prefixes.vision.items()}
-    return ListBatch(input_ids, attention_mask, answer_mask, vision, len(select), n)
+    return ListBatch(
+        input_ids, attention_mask, answer_mask, prefixes.vision_of(index), len(select), n, token_types
+    )
 
 
 def ground_truth_batch(processor: Any, family: Any, task: Any, records: Sequence, images: Sequence | None = None) -> ListBatch:

@@ -69,5 +69,22 @@ def _problems(cfg: DictConfig):
         yield f"trainer.max_steps={max_steps}: online PerPO runs by steps; set trainer.max_steps to a positive number"
     if cfg.warmstart.enabled and cfg.warmstart.steps <= 0:
         yield f"warmstart.steps={cfg.warmstart.steps}: must be > 0, or warmstart.enabled=false"
+    family = cfg.model.get("family")
+    if family:
+        from perpo.models.families import check_family  # no torch import
+
+        try:
+            check_family(family)
+        except ValueError as err:
+            yield str(err)
+    lora = cfg.model.get("lora")
+    lora_on = bool(lora and lora.get("enabled"))
+    if cfg.get("reference") == "adapter_off" and not lora_on:
+        yield (
+            "reference=adapter_off scores pi_ref with the LoRA adapter disabled: set "
+            "model.lora.enabled=true, or use reference=copy"
+        )
+    if lora_on and lora.get("save", "merged") not in ("merged", "adapter"):
+        yield f"model.lora.save={lora.get('save')}: choose merged or adapter"
     if cfg.eval.split not in cfg.data.sizes:
         yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(cfg.data.sizes)}"

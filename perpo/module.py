@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 #: Parameter-name fragments of vision towers across families (LLaVA, Qwen-VL, Idefics/SmolVLM).
 VISION_TOWER_KEYS = ("vision_tower", "visual.", "vision_model")
-PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger", "connector")
+PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger", "visual.deepstack_merger_list", "connector")
 
 
 def param_groups(model: torch.nn.Module, *, lr: float, projector_lr: float | None = None, vision_lr: float | None = None) -> list[dict]:

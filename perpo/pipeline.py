@@ -27,6 +27,7 @@ from perpo.datamodule import RecordDataModule
 from perpo.evaluation import evaluate, image_dependence
 from perpo.families import ChatFamily, TaskSpec
 from perpo.models.loading import atomic_save_pretrained, ensure_tiny, load_model
+from perpo.models.lora import export_policy
 from perpo.module import ListConfig, OptimConfig, PerPOModule
 from perpo.rewards import get_reward
 from perpo.sampling import SamplingConfig
@@ -98,8 +99,11 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     log.info("SFT warm start: SFT on ground truth for up to %d steps (stops at warmstart.stop_at) -> %s", ws.steps, base)
     start = time.time()
     L.seed_everything(int(cfg.seed), verbose=False)
-    model, processor = load_model(path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"))
-    family = ChatFamily(processor, model_cfg.box_format)
+    model, processor = load_model(
+        path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"),
+        eos_token=model_cfg.get("eos_token"),
+    )  # fmt: skip
+    family = ChatFamily(processor, model_cfg.box_format, system_prompt=model_cfg.get("system_prompt"))
     module = PerPOModule(
         model, processor, family, task_spec(cfg), None, loss="sft",
         optim=OptimConfig(
@@ -154,9 +158,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(int(cfg.seed), verbose=False)
     policy, processor = load_model(
-        base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation")
-    )
-    family = ChatFamily(processor, cfg.model.box_format)
+        base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
+        eos_token=cfg.model.get("eos_token"),
+    )  # fmt: skip
+    family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
+    lora = cfg.model.get("lora")
+    lora_on = bool(lora and lora.get("enabled"))
+    if lora_on:  # after the "before" evaluation's model is loaded: LoRA changes nothing at init
+        policy = _apply_lora(policy, lora)
     test = splits[cfg.eval.split]
     results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
 
@@ -200,9 +209,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     write_json_atomic(out_dir / "results.json", results)
     if cfg.save_model:
-        atomic_save_pretrained(module.policy, processor, out_dir / "model")
+        merge = not lora_on or lora.get("save", "merged") == "merged"
+        export_policy(module.policy, out_dir / "model", merge=merge, processor=processor, inplace=True)
     print_table(results)
     return results
+
+
+def _apply_lora(policy, lora: DictConfig):
+    from perpo.models.lora import apply_lora
+
+    targets = lora.get("target_modules")
+    return apply_lora(
+        policy, r=int(lora.r), alpha=float(lora.alpha), dropout=float(lora.get("dropout", 0.0)),
+        target_modules=OmegaConf.to_container(targets) if OmegaConf.is_config(targets) else targets,
+        vision_trainable=bool(lora.get("vision_trainable", False)),
+        projector_trainable=bool(lora.get("projector_trainable", True)),
+    )  # fmt: skip
 
 
 def _uses_image(metrics: dict, min_gain: float = 0.02) -> bool:

@@ -1,8 +1,9 @@
 """The reference model pi_ref behind one interface: ``logps(batch) -> AnswerLogps``.
 
 ``FrozenCopyReference`` is the paper's choice: a full frozen copy of the starting policy,
-dropout off, never updated. Memory-light variants (adapter disabled, cached log-probs)
-implement the same method, so the training step does not know which one it holds.
+dropout off, never updated. Memory-light variants implement the same method, so the training
+step does not know which one it holds: ``AdapterOffReference`` (a LoRA policy with its adapter
+disabled, no second copy); cached log-probs later.
 """
 
 from __future__ import annotations
@@ -38,7 +39,45 @@ class FrozenCopyReference(torch.nn.Module):
         return answer_logps(self.model, batch)
 
 
-REFERENCES = {"copy": FrozenCopyReference}
+class AdapterOffReference(torch.nn.Module):
+    """pi_ref = the LoRA policy with its adapter disabled (peft ``disable_adapter()``): no second copy.
+
+    With LoRA (``perpo.models.lora.apply_lora``) the base weights never change and the trained
+    projector is a ``modules_to_save`` copy, so the policy with the adapter off is exactly the
+    starting policy. Scored in eval mode with dropout off, as the frozen copy; the policy's
+    training mode is restored afterwards. The policy is held outside the module tree, so its
+    parameters are neither duplicated in ``state_dict`` nor seen by optimizers through this module.
+    """
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        if not hasattr(policy, "disable_adapter"):
+            raise ValueError(
+                "reference=adapter_off needs a LoRA policy (a peft model: model.lora.enabled=true); "
+                f"got {type(policy).__name__} -- use reference=copy for full fine-tuning"
+            )
+        self._policy = (policy,)  # a tuple: not registered as a submodule
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self._policy[0]
+
+    def train(self, mode: bool = True):  # nothing of its own to switch
+        return super().train(False)
+
+    @torch.no_grad()
+    def logps(self, batch: ListBatch) -> AnswerLogps:
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        try:
+            with policy.disable_adapter():
+                return answer_logps(policy, batch)
+        finally:
+            policy.train(was_training)
+
+
+REFERENCES = {"copy": FrozenCopyReference, "adapter_off": AdapterOffReference}
 
 
 def make_reference(kind: str, policy: torch.nn.Module) -> torch.nn.Module:

@@ -72,7 +72,8 @@ def generate(
 ) -> list[list[list[int]]]:
     """Completion token ids, ``out[b][k]`` for prompt b and sample k (greedy if not do_sample)."""
     tok = processor.tokenizer
-    enc = processor(images=list(images), text=list(prompt_texts), return_tensors="pt", padding=True)
+    # One image per prompt, nested: Gemma 3 / SmolVLM read a flat list as all images of one prompt.
+    enc = processor(images=[[image] for image in images], text=list(prompt_texts), return_tensors="pt", padding=True)
     if tok.padding_side != "left":
         raise ValueError("sampling needs a left-padding tokenizer (tokenizer.padding_side='left')")
     device = next(model.parameters()).device
