@@ -164,8 +164,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     lora = cfg.model.get("lora")
     lora_on = bool(lora and lora.get("enabled"))
-    if lora_on:  # after the "before" evaluation's model is loaded: LoRA changes nothing at init
+    if lora_on:  # LoRA's B matrices start at zero: the policy is unchanged at init
         policy = _apply_lora(policy, lora)
+    if cfg.model.get("gradient_checkpointing"):  # trade compute for activation memory
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     test = splits[cfg.eval.split]
     results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
 

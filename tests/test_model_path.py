@@ -548,3 +548,24 @@ def test_prompt_text_with_system_prompt(processor, task, grounding_records):
     assert text.count("ASSISTANT:") == 1  # only the generation prompt
     assert text.endswith(" ASSISTANT: ")
     assert text.index("Answer briefly.") < text.index("USER:")
+
+
+def test_gradient_checkpointing_gives_the_same_logps_and_gradients(tiny, list_batch):
+    """model.gradient_checkpointing=true recomputes activations: same numbers, less memory."""
+    import copy
+
+    grads = []
+    for checkpointing in (False, True):
+        model = copy.deepcopy(tiny[0])
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.is_gradient_checkpointing
+        lp = answer_logps(model, list_batch).sum
+        lp.sum().backward()
+        grads.append((lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (lp0, g0), (lp1, g1) = grads
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
