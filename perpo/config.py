@@ -69,6 +69,8 @@ def _problems(cfg: DictConfig):
         yield f"trainer.max_steps={max_steps}: online PerPO runs by steps; set trainer.max_steps to a positive number"
     if cfg.warmstart.enabled and cfg.warmstart.steps <= 0:
         yield f"warmstart.steps={cfg.warmstart.steps}: must be > 0, or warmstart.enabled=false"
+    if cfg.get("scoring", "auto") not in ("auto", "shared", "naive"):
+        yield f"scoring={cfg.get('scoring')} is not known; choose auto, shared or naive"
     family = cfg.model.get("family")
     if family:
         from perpo.models.families import check_family  # no torch import

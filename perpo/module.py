@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from perpo import losses
-from perpo.batching import build_list_batch, encode_prefixes, ground_truth_batch
+from perpo.batching import encode_prefixes, ground_truth_batch
 from perpo.config import ALL_LOSSES, LIST_LOSSES
 from perpo.evaluation import greedy_answers
 from perpo.families import ChatFamily, TaskSpec
@@ -27,6 +27,7 @@ from perpo.metrics import TaskMetrics
 from perpo.reference import disable_dropout, make_reference
 from perpo.sampling import SamplingConfig, decode, generate
 from perpo.scoring import answer_logps
+from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class PerPOModule(L.LightningModule):
         optim: OptimConfig | None = None,
         reference: str = "copy",
         length_normalize: bool = False,
+        scoring: str = "auto",
     ):
         super().__init__()
         if loss not in ALL_LOSSES:
@@ -132,6 +134,8 @@ class PerPOModule(L.LightningModule):
         self.lists = lists or ListConfig()
         self.optim = optim or OptimConfig()
         self.length_normalize = length_normalize
+        # shared: one pass over each list's image + prompt (perpo.shared_prefix); naive: N copies
+        self.scoring = resolve_layout(scoring, policy, processor) if loss != "sft" else "naive"
         self.list_loss = None if loss == "sft" else list_loss_fn(loss, beta=beta, gamma=gamma, margin=margin)
         # The reference is only needed by preference losses; SFT never builds one.
         self.reference = None if loss == "sft" else make_reference(reference, policy)
@@ -164,10 +168,10 @@ class PerPOModule(L.LightningModule):
 
         # 2. listwise preference optimization on the kept lists
         kept = keep.nonzero().squeeze(1).tolist()
-        batch = build_list_batch(
-            prefixes, [answers[i] for i in kept], self._pad_id, select=kept
+        batch = build_batch(
+            prefixes, [answers[i] for i in kept], self._pad_id, select=kept, layout=self.scoring
         ).to(self.device)
-        policy_lp = answer_logps(self.policy, batch)
+        policy_lp = batch_logps(self.policy, batch)
         ref_lp = self.reference.logps(batch)
         pick = (lambda lp: lp.mean) if self.length_normalize else (lambda lp: lp.sum)
         rewards = scored.rewards[kept].to(self.device)

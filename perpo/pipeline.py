@@ -195,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ),
         optim=OptimConfig(**OmegaConf.to_container(cfg.optim)),
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
+        scoring=cfg.get("scoring", "auto"),
     )  # fmt: skip
     trainer = instantiate(cfg.trainer, logger=build_logger(cfg), callbacks=[StepLog(10)])
     datamodule = RecordDataModule(

@@ -13,7 +13,9 @@ import copy
 import torch
 
 from perpo.batching import ListBatch
-from perpo.scoring import AnswerLogps, answer_logps
+from perpo.shared_prefix import PackedBatch
+from perpo.scoring import AnswerLogps
+from perpo.shared_prefix import batch_logps
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -35,8 +37,8 @@ class FrozenCopyReference(torch.nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def logps(self, batch: ListBatch) -> AnswerLogps:
-        return answer_logps(self.model, batch)
+    def logps(self, batch: ListBatch | PackedBatch) -> AnswerLogps:
+        return batch_logps(self.model, batch)
 
 
 class AdapterOffReference(torch.nn.Module):
@@ -66,13 +68,13 @@ class AdapterOffReference(torch.nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def logps(self, batch: ListBatch) -> AnswerLogps:
+    def logps(self, batch: ListBatch | PackedBatch) -> AnswerLogps:
         policy = self.policy
         was_training = policy.training
         policy.eval()
         try:
             with policy.disable_adapter():
-                return answer_logps(policy, batch)
+                return batch_logps(policy, batch)
         finally:
             policy.train(was_training)
 

@@ -422,3 +422,25 @@ def test_param_groups_keep_every_lora_trainable_parameter(loaded):
             "tower and freezes it: add it to PROJECTOR_KEYS (issue 3)"
         )
     assert not lost, lost[:5]
+
+
+def test_shared_prefix_scoring_equals_naive_or_falls_back(loaded, task, grounding_records):
+    """scoring=auto: a family that takes the packed layout scores it exactly as the naive one
+    (1e-5); one that cannot (M-RoPE, per-token type ids) falls back to naive with a reason."""
+    from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
+
+    name, model, processor = loaded
+    tok, family = processor.tokenizer, _family(name, processor)
+    records = grounding_records[:2]
+    prefixes = _prefixes(name, processor, task, records)
+    answers = [answer_ids(tok, [family.answer_text(r, task), "[0.1, 0.2]", "no"]) for r in records]
+    naive = build_list_batch(prefixes, answers, tok.pad_token_id)
+    layout = resolve_layout("auto", model, processor)
+    expected_naive = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"}
+    assert (layout == "naive") == (name in expected_naive), (name, layout)
+    if layout == "naive":
+        return
+    with torch.no_grad():
+        want = answer_logps(model, naive).sum
+        got = batch_logps(model, build_batch(prefixes, answers, tok.pad_token_id, layout="shared")).sum
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
