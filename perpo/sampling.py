@@ -22,13 +22,25 @@ class SamplingConfig:
     max_new_tokens: int = 32
 
 
-def banned_token_ids(processor: Any) -> list[int]:
-    """Ids that an answer must never contain."""
+def banned_token_ids(processor: Any, model: torch.nn.Module | None = None) -> list[int]:
+    """Ids that an answer must never contain: pad, BOS, unk and every image placeholder.
+
+    A sampled placeholder breaks the next forward ("image features and image tokens do not
+    match"). The processor's ``image_token`` is not always the placeholder the model counts
+    (Gemma 3: ``<start_of_image>`` vs ``<image_soft_token>``), so the model config's
+    ``image_token_id`` / ``image_token_index`` / ``video_token_id`` are banned too.
+    """
     tok = processor.tokenizer
     ids = {tok.pad_token_id, tok.bos_token_id, tok.unk_token_id}
-    image_token = getattr(processor, "image_token", None)
-    if image_token is not None:
-        ids.add(tok.convert_tokens_to_ids(image_token))
+    for name in ("image_token", "boi_token", "eoi_token", "video_token"):
+        token = getattr(processor, name, None)
+        if isinstance(token, str):
+            ids.add(tok.convert_tokens_to_ids(token))
+    config = getattr(model, "config", None)
+    for name in ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            ids.add(value)
     ids.discard(None)
     ids.discard(tok.eos_token_id)
     return sorted(ids)
@@ -81,7 +93,7 @@ def generate(
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         num_return_sequences=num_return_sequences,
-        suppress_tokens=banned_token_ids(processor),
+        suppress_tokens=banned_token_ids(processor, model),
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )

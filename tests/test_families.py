@@ -444,3 +444,17 @@ def test_shared_prefix_scoring_equals_naive_or_falls_back(loaded, task, groundin
         want = answer_logps(model, naive).sum
         got = batch_logps(model, build_batch(prefixes, answers, tok.pad_token_id, layout="shared")).sum
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_bans_the_models_own_image_placeholder(loaded):
+    """Gemma 3's processor.image_token is <start_of_image>, but the model counts <image_soft_token>:
+    a sampled placeholder would break the next forward, so the config's id is banned too."""
+    from perpo.sampling import banned_token_ids
+
+    name, model, processor = loaded
+    banned = set(banned_token_ids(processor, model))
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int):
+            assert value in banned, (name, key)
+    assert processor.tokenizer.eos_token_id not in banned
