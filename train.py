@@ -23,9 +23,14 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         print(f"perpo: {err}", file=sys.stderr)
         sys.exit(2)
+    from perpo.models.loading import ModelLoadError
     from perpo.pipeline import run  # heavy imports only after the config is known to be valid
 
-    results = run(cfg)
+    try:
+        results = run(cfg)
+    except ModelLoadError as err:
+        print(f"perpo: {err}", file=sys.stderr)
+        sys.exit(2)
     after = results.get("after") or {}
     return next(iter(after.values()), None)  # first metric: Hydra sweepers can optimize it
 

@@ -326,3 +326,17 @@ def test_validation_does_not_import_the_heavy_stack():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_cli_unloadable_checkpoint_exits_2_naming_model_path(tmp_path):
+    """A real family whose checkpoint is neither on disk nor reachable: one message, no traceback."""
+    missing = tmp_path / "no-such-checkpoint"
+    env_path = str(missing)
+    proc = run_cli(
+        "model=llava15", f"model.path={env_path}", "warmstart.enabled=false", "trainer.max_steps=1",
+        "data.sizes.train=4", "data.sizes.val=2", "data.sizes.test=2", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"model.path='{env_path}' could not be loaded" in proc.stderr
+    assert "set model.path=<dir>" in proc.stderr

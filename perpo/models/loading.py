@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class ModelLoadError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names ``model.path`` and what to do."""
+
+
 def load_model(
     path: str | Path,
     *,
@@ -43,8 +47,15 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    processor = load_processor(path)
-    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    try:
+        processor = load_processor(path)
+        model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    except OSError as err:  # no such folder, hub unreachable, not in the cache, missing files
+        raise ModelLoadError(
+            f"model.path={str(path)!r} could not be loaded: it is not a complete local checkpoint and "
+            f"the hub copy is unreachable or missing here ({str(err).splitlines()[0]}). Download it where "
+            "there is network (e.g. `hf download <id> --local-dir <dir>`) and set model.path=<dir>."
+        ) from err
     tok = processor.tokenizer
     if eos_token is not None:
         if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id):
