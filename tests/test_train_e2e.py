@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -362,3 +363,40 @@ def test_constant_rewards_also_collapse(fresh_model, processor, family, task, tw
     with pytest.raises(TrainingCollapsed, match="min_margin=0.1"):
         module.training_step(two_records, 0)
     assert module.counters["unparsed"] == 0
+
+
+# -- 8. precision and LoRA through the same entry point -------------------------------------------
+
+
+def test_bf16_mixed_precision_trains_with_finite_losses(cache, first_run):
+    """trainer.precision=bf16-mixed (Lightning AMP): sampling, scoring and the loss run under
+    autocast; the logged losses are finite and the saved policy moved."""
+    run_dir = cache.parent / "bf16"
+    train(f"hydra.run.dir={run_dir}", "trainer.max_steps=3", "trainer.precision=bf16-mixed", cache=cache)
+    results = read_results(run_dir)
+    assert results["list_counters"]["lists_kept"] > 0
+    with (run_dir / "csv" / "version_0" / "metrics.csv").open() as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_lora_with_adapter_off_reference_exports_a_plain_checkpoint(cache, first_run):
+    """model.lora on the tiny default with reference=adapter_off: only adapter and projector train;
+    the merged export loads with plain transformers and differs from the base."""
+    from transformers import AutoModelForImageTextToText
+
+    run_dir = cache.parent / "lora"
+    train(
+        f"hydra.run.dir={run_dir}", "trainer.max_steps=3", "reference=adapter_off",
+        "+model.lora={enabled: true, r: 4, alpha: 8, dropout: 0.0, target_modules: null, save: merged}",
+        cache=cache,
+    )  # fmt: skip
+    results = read_results(run_dir)
+    assert results["list_counters"]["lists_kept"] > 0
+    policy = AutoModelForImageTextToText.from_pretrained(run_dir / "model")
+    base = AutoModelForImageTextToText.from_pretrained(results["base"])
+    p, b = policy.state_dict(), base.state_dict()
+    assert p.keys() == b.keys()  # merged: no lora_ keys left
+    moved = {k for k in p if not torch.equal(p[k], b[k])}
+    assert any("language_model" in k for k in moved)
+    assert not any("vision_tower" in k for k in moved)  # the tower stays frozen
