@@ -52,6 +52,20 @@ def build_splits(cfg: DictConfig):
     return make_splits(cfg.task.name, sizes, seed=int(cfg.data.seed), **options)
 
 
+def blank_where_asked(cfg: DictConfig, splits):
+    """``data.blank_image``: alignment data (train, val) blank; ``eval.blank_image``: the eval split."""
+    from perpo.data.blank import blank_images
+
+    splits = dict(splits)
+    names = {cfg.eval.split} if cfg.eval.get("blank_image") else set()
+    if cfg.data.get("blank_image"):
+        names |= {"train", "val"} & set(splits)
+    for name in sorted(names):
+        log.info("split %s: every image replaced by a blank one", name)
+        splits[name] = blank_images(splits[name])
+    return splits
+
+
 def build_reward(cfg: DictConfig):
     """The configured reward as ``fn(completion, record) -> float | None``."""
     if cfg.reward.get("fn") is not None:  # a user's own function: reward.fn._target_=pkg.mod.fn
@@ -155,6 +169,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     task = task_spec(cfg)
     splits = build_splits(cfg)
     base_path = prepare_base(cfg, splits)
+    splits = blank_where_asked(cfg, splits)
 
     L.seed_everything(int(cfg.seed), verbose=False)
     policy, processor = load_model(
@@ -216,6 +231,51 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         export_policy(module.policy, out_dir / "model", merge=merge, processor=processor, inplace=True)
     print_table(results)
     return results
+
+
+def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
+    """``evaluate.py``: greedy decoding on ``eval.split``, metrics -> eval.json + eval.md, answers ->
+    predictions.jsonl, all in the run directory (written atomically)."""
+    out_dir = Path(cfg.paths.output_dir)
+    task = task_spec(cfg)
+    splits = build_splits(cfg)
+    checkpoint = cfg.eval.get("checkpoint")
+    path = Path(checkpoint) if checkpoint else prepare_base(cfg, splits)
+    splits = blank_where_asked(cfg, splits)
+    model, processor = load_model(
+        path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
+        eos_token=cfg.model.get("eos_token"),
+    )  # fmt: skip
+    family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
+    records = splits[cfg.eval.split]
+    result = evaluate(
+        model, processor, family, task, records, batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.split}",
+        return_predictions=True,
+    )  # fmt: skip
+    predictions = result.pop("predictions")
+    if cfg.eval.image_check:
+        result.update(image_dependence(model, processor, family, task, records, seed=int(cfg.seed)))
+    report = {
+        "task": task.name, "split": cfg.eval.split, "num_records": len(records), "checkpoint": str(path),
+        "blank_image": bool(cfg.eval.get("blank_image")), "metrics": result,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }  # fmt: skip
+    write_json_atomic(out_dir / "eval.json", report)
+    lines = "".join(json.dumps(p) + "\n" for p in predictions)
+    write_text_atomic(out_dir / "predictions.jsonl", lines)
+    table = ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in result.items())]
+    header = f"{task.name}, split {cfg.eval.split} ({len(records)} records){', blank images' if report['blank_image'] else ''}: `{path}`"
+    write_text_atomic(out_dir / "eval.md", header + "\n\n" + "\n".join(table) + "\n")
+    log.info("eval %s: %s", cfg.eval.split, _fmt(result))
+    return report
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _apply_lora(policy, lora: DictConfig):

@@ -341,3 +341,14 @@ def test_counting_grid_keeps_each_object_inside_its_own_cell():
 def test_grid_options_are_validated(task, opts, match):
     with pytest.raises(ValueError, match=match):
         make_records(task, 2, seed=0, **opts)
+
+
+def test_blank_images_keep_size_and_count_and_are_uniform():
+    from perpo.data.blank import BLANK_COLOUR, blank_images
+
+    ds = make_records("grounding", 3, seed=0)
+    blank = blank_images(ds)
+    assert len(blank) == 3 and blank["id"] == ds["id"] and blank["target"] == ds["target"]
+    for before, after in zip(ds["image"], blank["image"]):
+        assert after.size == before.size
+        assert np.all(np.asarray(after.convert("RGB")) == np.array(BLANK_COLOUR, dtype=np.uint8))

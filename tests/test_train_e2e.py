@@ -400,3 +400,54 @@ def test_lora_with_adapter_off_reference_exports_a_plain_checkpoint(cache, first
     moved = {k for k in p if not torch.equal(p[k], b[k])}
     assert any("language_model" in k for k in moved)
     assert not any("vision_tower" in k for k in moved)  # the tower stays frozen
+
+
+# -- 9. evaluate.py and the blank-image switch ------------------------------------------------------
+
+
+def run_evaluate(*overrides: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"paths.cache_dir={cache}", *TINY_BUDGET, *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"evaluate.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_evaluate_writes_metrics_table_and_predictions(cache, first_run):
+    run_dir, _, _ = first_run
+    out = cache.parent / "eval_model"
+    run_evaluate(f"hydra.run.dir={out}", f"eval.checkpoint={run_dir / 'model'}", cache=cache)
+    report = json.loads((out / "eval.json").read_text())
+    assert report["split"] == "test" and report["num_records"] == 8 and report["blank_image"] is False
+    assert report["checkpoint"] == str(run_dir / "model")
+    # the same checkpoint and split as the training run's "after" evaluation: the same numbers
+    after = read_results(run_dir)["after"]
+    for key in GROUNDING_METRICS:
+        assert report["metrics"][key] == pytest.approx(after[key]), key
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 8 and all(set(p) == {"id", "prediction"} for p in predictions)
+    table = (out / "eval.md").read_text()
+    assert "| acc@0.5 |" in table and "split test (8 records)" in table
+
+
+def test_blank_images_make_the_image_check_exactly_blind(cache, first_run):
+    """eval.blank_image=true: every image is the same blank one, so shuffling them changes
+    nothing and the two NLLs are equal to the last digit."""
+    out = cache.parent / "eval_blank"
+    run_evaluate(f"hydra.run.dir={out}", "eval.blank_image=true", cache=cache)
+    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+    assert metrics["nll_true_images"] == metrics["nll_shuffled_images"]
+
+
+def test_training_on_blank_images_runs(cache, first_run):
+    """data.blank_image=true (the paper's no-image ablation): alignment sees blank images only;
+    the SFT base is the cached one trained on real images."""
+    run_dir = cache.parent / "blank_train"
+    proc, _ = train(f"hydra.run.dir={run_dir}", "trainer.max_steps=2", "data.blank_image=true", cache=cache)
+    text = log_text(proc, run_dir)
+    assert "split train: every image replaced by a blank one" in text
+    assert REUSE_LINE in text
+    assert read_results(run_dir)["config"]["data"]["blank_image"] is True
