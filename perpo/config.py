@@ -88,5 +88,35 @@ def _problems(cfg: DictConfig):
         )
     if lora_on and lora.get("save", "merged") not in ("merged", "adapter"):
         yield f"model.lora.save={lora.get('save')}: choose merged or adapter"
+    yield from _trainer_problems(cfg.trainer)
     if cfg.eval.split not in cfg.data.sizes:
         yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(cfg.data.sizes)}"
+
+
+def _trainer_problems(trainer):
+    """Strategies: missing optional packages and what this version cannot run yet, said at start-up."""
+    import importlib.util
+
+    strategy = trainer.get("strategy", "auto")
+    name = strategy.get("_target_", "") if hasattr(strategy, "get") else str(strategy)
+    name = name.rsplit(".", 1)[-1].lower()
+    if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
+        yield f"trainer.strategy={name} needs DeepSpeed, which is not installed: pip install deepspeed (on a GPU machine)"
+    if ("deepspeed" in name or "fsdp" in name) and trainer.get("accelerator") == "cpu":
+        yield f"trainer.strategy={name} shards over GPUs: set trainer.accelerator=gpu, or use trainer=ddp_sim on CPU"
+    if trainer.get("accelerator") in ("gpu", "cuda"):
+        import torch  # only here: the CPU path validates without importing torch
+
+        if not torch.cuda.is_available():
+            yield (
+                f"trainer.accelerator={trainer.get('accelerator')} but torch {torch.__version__} sees no CUDA "
+                "device here; use trainer=cpu (or install a CUDA build of torch on a GPU machine)"
+            )
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if name not in ("auto", "single_device") or devices not in (1, "1") or nodes != 1:
+        yield (
+            f"trainer.strategy={name} (devices={devices}, num_nodes={nodes}): multi-process training is not "
+            "supported by this version yet (per-rank sampling, steps whose lists are all dropped, rank-0 "
+            "writes); use trainer=cpu or trainer=gpu (one device)"
+        )
+

@@ -176,6 +176,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
         eos_token=cfg.model.get("eos_token"),
     )  # fmt: skip
+    policy.to(_device(cfg))  # evaluation before training runs where training will
     family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     lora = cfg.model.get("lora")
     lora_on = bool(lora and lora.get("enabled"))
@@ -246,6 +247,7 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
         path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
         eos_token=cfg.model.get("eos_token"),
     )  # fmt: skip
+    model.to(_device(cfg))
     family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     records = splits[cfg.eval.split]
     result = evaluate(
@@ -268,6 +270,13 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(out_dir / "eval.md", header + "\n\n" + "\n".join(table) + "\n")
     log.info("eval %s: %s", cfg.eval.split, _fmt(result))
     return report
+
+
+def _device(cfg: DictConfig) -> str:
+    import torch
+
+    wants_gpu = cfg.trainer.get("accelerator", "cpu") in ("gpu", "cuda", "auto")
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
