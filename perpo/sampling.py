@@ -1,13 +1,28 @@
 """Records -> lists: N sampled answers per prompt from the current policy.
 
-One ``generate`` call per batch of prompts with ``num_return_sequences=N``: transformers
-prefills each prompt once and expands its cache N ways. Tokens that must never be emitted as
-answer text (image placeholder, pad, BOS, unknown) are suppressed: a sampled ``<image>``
-token would break the LLaVA forward pass when the answer is scored.
+Two ways to get N samples of each of B prompts (``generate(..., prefill=...)``):
+
+- ``"shared"`` (default where supported): ONE forward of the B prompts (image tower + prompt,
+  all but the last prompt token) fills a KV cache; the cache is repeated N ways
+  (``Cache.batch_repeat_interleave``) and ``model.generate`` continues on the B*N rows from
+  it, so it only runs the last prompt token and the new tokens. The vision tower and the
+  prompt run once per prompt.
+- ``"expand"``: plain ``model.generate(num_return_sequences=N)``, which repeats the prompts N
+  times *before* the prefill: the language model prefills N * P tokens per prompt
+  (transformers 5 encodes each image once and repeats the image features, older versions
+  repeat the pixel values and run the vision tower N times too).
+
+Both go through the same transformers sampling loop (same logits processors, same RNG calls),
+so with a fixed seed they draw the same samples up to float rounding of the logits.
+Families whose cached generation state is not a plain KV cache fall back to "expand"
+(:data:`SHARED_PREFILL_UNSUPPORTED`). Tokens that must never be emitted as answer text
+(image placeholder, pad, BOS, unknown) are suppressed: a sampled ``<image>`` token would
+break the LLaVA forward pass when the answer is scored.
 """
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -69,6 +84,40 @@ def trim_at_eos(ids: Sequence[int], eos_id: int, pad_id: int) -> list[int]:
     return out
 
 
+PREFILL_MODES = ("shared", "expand")
+
+# model_type -> why "shared" prefill is not safe for it (generate then falls back to "expand").
+# Empty: every family of perpo.models.families gives the same greedy tokens, step logits and
+# seeded samples both ways (tests/test_sampling_prefill.py). Qwen-VL's M-RoPE offsets
+# (``rope_deltas``, kept on the model between generate steps) are repeated with the cache;
+# Gemma 3's token_type_ids only shape the prefill mask, which runs on the unexpanded prompts.
+SHARED_PREFILL_UNSUPPORTED: dict[str, str] = {}
+
+# Per-token model inputs that must be cut with input_ids (the rest, e.g. pixel values, are per image).
+_PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def uses_shared_prefill(model: torch.nn.Module, input_ids: torch.Tensor, prefill: str = "shared") -> bool:
+    """Whether ``generate(..., prefill=prefill)`` runs the shared prefill for these prompts.
+
+    Not for families in :data:`SHARED_PREFILL_UNSUPPORTED`, and not when a prompt ends with an
+    image placeholder (generate runs the last prompt token again, without the image).
+    """
+    if prefill not in PREFILL_MODES:
+        raise ValueError(f"prefill={prefill!r}; choose one of {PREFILL_MODES}")
+    config = _hf_model(model).config
+    if prefill != "shared" or config.model_type in SHARED_PREFILL_UNSUPPORTED or input_ids.shape[1] < 2:
+        return False
+    names = ("image_token_id", "image_token_index", "video_token_id")
+    placeholders = [v for v in (getattr(config, name, None) for name in names) if isinstance(v, int)]
+    return not any(int(t) in placeholders for t in input_ids[:, -1].tolist())
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -81,8 +130,17 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_new_tokens: int = 32,
+    prefill: str = "shared",
 ) -> list[list[list[int]]]:
-    """Completion token ids, ``out[b][k]`` for prompt b and sample k (greedy if not do_sample)."""
+    """Completion token ids, ``out[b][k]`` for prompt b and sample k (greedy if not do_sample).
+
+    ``prefill="shared"`` encodes each image and prompt once and repeats the KV cache N ways;
+    ``"expand"`` lets transformers repeat the inputs N times before the prefill (see the module
+    docstring). "shared" silently becomes "expand" for families in
+    :data:`SHARED_PREFILL_UNSUPPORTED`. Greedy decoding with N > 1 gives N identical rows.
+    """
+    if prefill not in PREFILL_MODES:
+        raise ValueError(f"prefill={prefill!r}; choose one of {PREFILL_MODES}")
     tok = processor.tokenizer
     # One image per prompt, nested: Gemma 3 / SmolVLM read a flat list as all images of one prompt.
     enc = processor(images=[[image] for image in images], text=list(prompt_texts), return_tensors="pt", padding=True)
@@ -90,9 +148,9 @@ def generate(
         raise ValueError("sampling needs a left-padding tokenizer (tokenizer.padding_side='left')")
     device = next(model.parameters()).device
     enc = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
+    n = num_return_sequences
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
-        num_return_sequences=num_return_sequences,
         suppress_tokens=banned_token_ids(processor, model),
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
@@ -101,14 +159,64 @@ def generate(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    shared = uses_shared_prefill(model, enc["input_ids"], prefill)
     with eval_mode(model):
-        out = model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1] :].tolist()
-    flat = [trim_at_eos(ids, tok.eos_token_id, tok.pad_token_id) for ids in new]
+        if shared:
+            new = _generate_shared(model, enc, n, kwargs)
+        elif do_sample or n == 1:
+            out = model.generate(**enc, num_return_sequences=n, **kwargs)
+            new = out[:, enc["input_ids"].shape[1] :]
+        else:  # greedy: transformers refuses num_return_sequences > 1; the N rows are equal anyway
+            out = model.generate(**enc, num_return_sequences=1, **kwargs)
+            new = out[:, enc["input_ids"].shape[1] :].repeat_interleave(n, dim=0)
+    flat = [trim_at_eos(ids, tok.eos_token_id, tok.pad_token_id) for ids in new.tolist()]
     # An empty completion (EOS never reached and nothing kept) still needs one token to score.
     flat = [ids if ids else [tok.eos_token_id] for ids in flat]
-    n = num_return_sequences
     return [flat[b * n : (b + 1) * n] for b in range(len(prompt_texts))]
+
+
+def _generate_shared(model: torch.nn.Module, enc: dict[str, Any], n: int, kwargs: dict[str, Any]) -> torch.Tensor:
+    """New tokens [B*N, T] (row b*N + k: sample k of prompt b) from one prefill of the B prompts.
+
+    1. Position ids of the full prompts exactly as ``generate`` computes them (left padding;
+       M-RoPE for Qwen-VL, which also stores its ``rope_deltas`` on the model).
+    2. One forward of the prompts minus their last token, with the images: the KV cache.
+    3. Cache (and any per-row ``rope_deltas``) repeated N ways; ``generate`` continues from it
+       on the N-fold prompts without the images, running only the last prompt token first.
+    """
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    batch = ids.shape[0]
+
+    model_kwargs = {"attention_mask": mask, **extra}
+    hf = _hf_model(model)
+    position_ids = hf._prepare_position_ids_for_generation(ids, model_kwargs)
+    prefill_kwargs = {k: (v[..., :-1] if k in _PER_TOKEN_INPUTS else v) for k, v in extra.items()}
+    inputs = hf.prepare_inputs_for_generation(
+        ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=position_ids[..., :-1],
+        is_first_iteration=True,
+        use_cache=True,
+        **prefill_kwargs,
+    )
+    if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+        inputs["logits_to_keep"] = 1  # the prefill's logits are not used
+    cache = model(**inputs, return_dict=True).cache
+    cache.batch_repeat_interleave(n)
+    for module in model.modules():  # Qwen-VL: M-RoPE offsets per prompt, read again by generate
+        deltas = getattr(module, "rope_deltas", None)
+        if isinstance(deltas, torch.Tensor) and deltas.shape[0] == batch:
+            module.rope_deltas = deltas.repeat_interleave(n, dim=0)
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(n, dim=0)
+
+    per_token = {k: rep(v) for k, v in extra.items() if k in _PER_TOKEN_INPUTS}
+    out = model.generate(
+        input_ids=rep(ids), attention_mask=rep(mask), cache=cache, num_return_sequences=1, **per_token, **kwargs
+    )
+    return out[:, ids.shape[1] :]
 
 
 def decode(processor: Any, ids: Sequence[int]) -> str:
