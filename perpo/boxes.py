@@ -108,6 +108,7 @@ class BoxFormat:
     """
 
     name: str = "base"
+    absolute: bool = False  # coordinates in pixels: needs the size of the image the model sees
 
     def format(self, box: Sequence[float], width: int | None = None, height: int | None = None) -> str:
         raise NotImplementedError
@@ -195,6 +196,7 @@ class Qwen25VLBoxFormat(BoxFormat):
     """
 
     name = "qwen25vl"
+    absolute = True
 
     def format(self, box, width=None, height=None) -> str:
         w, h = _check_size(width, height)
@@ -293,3 +295,13 @@ def box_giou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = max(0.0, iw) * max(0.0, ih)
     union = _area(a) + _area(b) - inter
     return min(1.0, max(-1.0, iou - (enclosing - union) / enclosing))
+
+
+def box_space(record) -> tuple[int | None, int | None]:
+    """The (width, height) that pixel box coordinates of ``record`` refer to: ``box_width`` /
+    ``box_height`` when set (the image as the model sees it after resizing, e.g. Qwen2.5-VL's
+    smart resize), else the record's own ``width`` / ``height``."""
+    w = record.get("box_width") or record.get("width")
+    h = record.get("box_height") or record.get("height")
+    return w, h
+

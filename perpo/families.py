@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from perpo.boxes import get_box_format
+from perpo.boxes import box_space, get_box_format
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ChatFamily:
         """The ground truth written as this family should answer it (SFT targets, DPO chosen)."""
         target = record["target"]
         if task.name == "grounding":
-            return self.box_format.format(list(target), int(record["width"]), int(record["height"]))
+            return self.box_format.format(list(target), *box_space(record))
         if task.name == "counting":
             return str(int(target))
         return str(target)

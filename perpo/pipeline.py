@@ -66,6 +66,23 @@ def blank_where_asked(cfg: DictConfig, splits):
     return splits
 
 
+def with_box_space(splits, processor, box_format: str):
+    """For pixel box formats (Qwen2.5-VL), give every record ``box_width`` / ``box_height``: the
+    size of the image as the processor resizes it, which the model's box coordinates refer to.
+    Relative formats need nothing (returned unchanged)."""
+    from perpo.boxes import get_box_format
+    from perpo.models.families import model_image_size
+
+    if not get_box_format(box_format).absolute:
+        return splits
+
+    def add(record):
+        w, h = model_image_size(processor, record["width"], record["height"])
+        return {"box_width": w, "box_height": h}
+
+    return {name: ds.map(add, desc=f"box space {name}") for name, ds in dict(splits).items()}
+
+
 def build_reward(cfg: DictConfig):
     """The configured reward as ``fn(completion, record) -> float | None``."""
     if cfg.reward.get("fn") is not None:  # a user's own function: reward.fn._target_=pkg.mod.fn
@@ -118,6 +135,7 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         eos_token=model_cfg.get("eos_token"),
     )  # fmt: skip
     family = ChatFamily(processor, model_cfg.box_format, system_prompt=model_cfg.get("system_prompt"))
+    splits = with_box_space(splits, processor, model_cfg.box_format)
     module = PerPOModule(
         model, processor, family, task_spec(cfg), None, loss="sft",
         optim=OptimConfig(
@@ -177,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eos_token=cfg.model.get("eos_token"),
     )  # fmt: skip
     policy.to(_device(cfg))  # evaluation before training runs where training will
+    splits = with_box_space(splits, processor, cfg.model.box_format)
     family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     lora = cfg.model.get("lora")
     lora_on = bool(lora and lora.get("enabled"))
@@ -248,6 +267,7 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
         eos_token=cfg.model.get("eos_token"),
     )  # fmt: skip
     model.to(_device(cfg))
+    splits = with_box_space(splits, processor, cfg.model.box_format)
     family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     records = splits[cfg.eval.split]
     result = evaluate(

@@ -458,3 +458,32 @@ def test_sampling_bans_the_models_own_image_placeholder(loaded):
         if isinstance(value, int):
             assert value in banned, (name, key)
     assert processor.tokenizer.eos_token_id not in banned
+
+
+def test_qwen25_boxes_are_in_pixels_of_the_resized_image(saved, task, grounding_records):
+    """Qwen2.5-VL answers in pixels of the image its processor resized: the pipeline gives each
+    record box_width/box_height; the answer text uses them and the reward reads them back."""
+    import datasets
+
+    from perpo.models.families import model_image_size
+    from perpo.models.loading import load_processor
+    from perpo.pipeline import with_box_space
+    from perpo.rewards import get_reward
+
+    processor = load_processor(saved("qwen2_5_vl"))
+    record = dict(grounding_records[0], image=grounding_records[0]["image"].resize((100, 60)), width=100, height=60)
+    ds = datasets.Dataset.from_list([{k: v for k, v in record.items() if k != "image"}])
+    out = with_box_space({"test": ds}, processor, "qwen25vl")["test"][0]
+    w, h = model_image_size(processor, 100, 60)
+    assert (out["box_width"], out["box_height"]) == (w, h) and (w, h) != (100, 60)
+    text = ChatFamily(processor, "qwen25vl").answer_text(out, task)
+    x1 = round(out["target"][0] * w)
+    assert f"[{x1}," in text.replace(" ", "")  # pixels of the resized image, not of the original
+    from perpo.rewards.grounding import parse_box
+
+    parsed = parse_box(text, out, box_format="qwen25vl")  # integer pixels: the target quantized to them
+    quantized = [round(v * s) / s for v, s in zip(out["target"], (w, h, w, h))]
+    assert parsed == pytest.approx(quantized, abs=1e-9)
+    assert get_reward("iou")(text, out, box_format="qwen25vl") > 0.85
+    # relative formats are left alone
+    assert with_box_space({"test": ds}, processor, "norm2")["test"] is ds

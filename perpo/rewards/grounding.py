@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-from perpo.boxes import BoxFormat, box_giou, box_iou, get_box_format
+from perpo.boxes import box_space, BoxFormat, box_giou, box_iou, get_box_format
 from perpo.rewards import register_reward
 
 __all__ = ["iou", "giou", "parse_box"]
@@ -21,7 +21,7 @@ def parse_box(completion: str, record: Mapping, box_format: str = "norm2") -> li
     fmt = _box_format(box_format)
     if not isinstance(completion, str):
         return None
-    return fmt.parse(completion, record.get("width"), record.get("height"))
+    return fmt.parse(completion, *box_space(record))
 
 
 def _target(record: Mapping) -> list[float]:
