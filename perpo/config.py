@@ -6,6 +6,8 @@ warm start (trl-style: invalid combinations fail early).
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf
 
 from perpo.rewards import REWARD_TASKS
@@ -113,10 +115,13 @@ def _trainer_problems(trainer):
                 "device here; use trainer=cpu (or install a CUDA build of torch on a GPU machine)"
             )
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if os.environ.get("PERPO_EXPERIMENTAL_DDP"):  # multi-process work in progress (issue 7)
+        return
     if name not in ("auto", "single_device") or devices not in (1, "1") or nodes != 1:
         yield (
             f"trainer.strategy={name} (devices={devices}, num_nodes={nodes}): multi-process training is not "
-            "supported by this version yet (per-rank sampling, steps whose lists are all dropped, rank-0 "
-            "writes); use trainer=cpu or trainer=gpu (one device)"
+            "validated by this version yet (per-rank sampling, zero-loss steps when a rank's lists are all dropped and rank-0 "
+            "writes are in, loss-curve parity and resume are not); use trainer=cpu or trainer=gpu (one device), or set "
+            "PERPO_EXPERIMENTAL_DDP=1 to run it anyway"
         )
 

@@ -134,6 +134,10 @@ class PerPOModule(L.LightningModule):
         self.lists = lists or ListConfig()
         self.optim = optim or OptimConfig()
         self.length_normalize = length_normalize
+        if self.optim.vision_lr == 0:  # frozen before any strategy wraps the model (DDP registers grads then)
+            for name, p in self.policy.named_parameters():
+                if any(k in name for k in VISION_TOWER_KEYS) and not any(k in name for k in PROJECTOR_KEYS):
+                    p.requires_grad_(False)
         # shared: one pass over each list's image + prompt (perpo.shared_prefix); naive: N copies
         self.scoring = resolve_layout(scoring, policy, processor) if loss != "sft" else "naive"
         self.list_loss = None if loss == "sft" else list_loss_fn(loss, beta=beta, gamma=gamma, margin=margin)
@@ -232,7 +236,16 @@ class PerPOModule(L.LightningModule):
                 "rate (optim.lr) or beta, or lower data.min_margin."
             )
         log.warning("step %d: no list kept (%d in a row); skipping the update", self.global_step, self._empty_steps)
+        if self._distributed:
+            # Every rank must run backward (DDP all-reduces gradients in it; Lightning refuses a
+            # skipped step there): a zero loss that touches every trainable parameter.
+            return sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad)
         return None  # Lightning skips backward and the optimizer step
+
+    @property
+    def _distributed(self) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        return bool(trainer is not None and trainer.world_size > 1)
 
     # ----- validation: greedy decoding scored by the task's torchmetrics -----------------
     def validation_step(self, records, batch_idx):

@@ -245,6 +245,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results["after"] = evaluate(module.policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after")
         log.info("after: %s", _fmt(results["after"]))
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
+    if not trainer.is_global_zero:  # multi-process: one writer, rank 0
+        return results
     write_json_atomic(out_dir / "results.json", results)
     if cfg.save_model:
         merge = not lora_on or lora.get("save", "merged") == "merged"

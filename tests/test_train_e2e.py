@@ -451,3 +451,23 @@ def test_training_on_blank_images_runs(cache, first_run):
     assert "split train: every image replaced by a blank one" in text
     assert REUSE_LINE in text
     assert read_results(run_dir)["config"]["data"]["blank_image"] is True
+
+
+# -- 10. multi-process (experimental, behind PERPO_EXPERIMENTAL_DDP) ----------------------------------
+
+
+def test_ddp_sim_two_cpu_processes_train_and_rank_zero_writes(cache, first_run):
+    """trainer=ddp_sim: 2 processes over gloo run the same steps (a rank whose lists are all
+    dropped still joins backward with a zero loss), and only rank 0 writes results and model."""
+    run_dir = cache.parent / "ddp_sim"
+    proc, _ = train(
+        f"hydra.run.dir={run_dir}", "trainer=ddp_sim", "trainer.max_steps=2", "data.min_margin=1.0",
+        cache=cache, env={"PERPO_EXPERIMENTAL_DDP": "1"},
+    )  # fmt: skip
+    text = log_text(proc, run_dir)
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text
+    assert "no list kept" in text  # min_margin=1.0 drops every list: the zero-loss path ran
+    results = read_results(run_dir)
+    assert results["config"]["trainer"]["devices"] == 2
+    assert results["list_counters"]["lists_kept"] == 0
+    assert not [p for p in run_dir.iterdir() if p.name.startswith((".results", ".model"))]
