@@ -7,29 +7,20 @@
 Writes eval.json (metrics + config), eval.md (a table) and predictions.jsonl to the run folder.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
-
-from perpo.config import ConfigError, validate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        validate(cfg)
-    except ConfigError as err:
-        print(f"perpo: {err}", file=sys.stderr)
-        sys.exit(2)
-    from perpo.models.loading import ModelLoadError
-    from perpo.pipeline import evaluate_only
+    from perpo.cli import run_guarded
 
-    try:
-        report = evaluate_only(cfg)
-    except ModelLoadError as err:
-        print(f"perpo: {err}", file=sys.stderr)
-        sys.exit(2)
+    def job(cfg):
+        from perpo.pipeline import evaluate_only
+
+        return evaluate_only(cfg)
+
+    report = run_guarded(cfg, job)
     return next(iter(report["metrics"].values()), None)
 
 

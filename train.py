@@ -6,31 +6,23 @@
 """
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
-
-from perpo.config import ConfigError, validate
 
 log = logging.getLogger("perpo")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        validate(cfg)
-    except ConfigError as err:
-        print(f"perpo: {err}", file=sys.stderr)
-        sys.exit(2)
-    from perpo.models.loading import ModelLoadError
-    from perpo.pipeline import run  # heavy imports only after the config is known to be valid
+    from perpo.cli import run_guarded
 
-    try:
-        results = run(cfg)
-    except ModelLoadError as err:
-        print(f"perpo: {err}", file=sys.stderr)
-        sys.exit(2)
+    def job(cfg):
+        from perpo.pipeline import run
+
+        return run(cfg)
+
+    results = run_guarded(cfg, job)
     after = results.get("after") or {}
     return next(iter(after.values()), None)  # first metric: Hydra sweepers can optimize it
 

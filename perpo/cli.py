@@ -1,0 +1,30 @@
+"""What train.py and evaluate.py share: validate the config, run, and turn the errors a user can
+fix (a wrong combination, a checkpoint that cannot be loaded) into one message and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from perpo.config import ConfigError, validate
+
+
+def run_guarded(cfg: DictConfig, job: Callable[[DictConfig], Any]) -> Any:
+    """``job(cfg)`` after start-up validation; user-fixable errors exit 2 with ``perpo: <message>``."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        print(f"perpo: {err}", file=sys.stderr)
+        sys.exit(2)
+    from perpo.models.loading import (
+        ModelLoadError,  # heavy imports only once the config is valid
+    )
+
+    try:
+        return job(cfg)
+    except ModelLoadError as err:
+        print(f"perpo: {err}", file=sys.stderr)
+        sys.exit(2)
