@@ -37,31 +37,36 @@ VISION_TOWER_KEYS = ("vision_tower", "visual.", "vision_model")
 PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger", "visual.deepstack_merger_list", "connector")
 
 
+def _part(name: str) -> str:
+    """Which part of a VLM a parameter belongs to: ``projector``, ``vision`` or ``rest``."""
+    if any(k in name for k in PROJECTOR_KEYS):
+        return "projector"
+    return "vision" if any(k in name for k in VISION_TOWER_KEYS) else "rest"
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if _part(name) == "vision":
+            p.requires_grad_(False)
+
+
 def param_groups(model: torch.nn.Module, *, lr: float, projector_lr: float | None = None, vision_lr: float | None = None) -> list[dict]:
     """AdamW groups: vision tower, projector and the rest, each with its own learning rate.
 
     ``vision_lr=0`` freezes the vision tower (its parameters get ``requires_grad=False``).
     """
-    vision, projector, rest = [], [], []
+    if vision_lr == 0:
+        freeze_vision_tower(model)
+    parts: dict[str, list] = {"rest": [], "projector": [], "vision": []}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if any(k in name for k in PROJECTOR_KEYS):
-            projector.append(p)
-        elif any(k in name for k in VISION_TOWER_KEYS):
-            vision.append(p)
-        else:
-            rest.append(p)
-    groups = [{"params": rest, "lr": lr}]
-    if projector:
-        groups.append({"params": projector, "lr": lr if projector_lr is None else projector_lr})
-    if vision:
-        if vision_lr == 0:
-            for p in vision:
-                p.requires_grad_(False)
-        else:
-            groups.append({"params": vision, "lr": lr if vision_lr is None else vision_lr})
-    return groups
+        if p.requires_grad:
+            parts[_part(name)].append(p)
+    rates = {"rest": lr, "projector": projector_lr, "vision": vision_lr}
+    return [
+        {"params": params, "lr": lr if rates[part] is None else rates[part]}
+        for part, params in parts.items()
+        if params or part == "rest"
+    ]
 
 
 class TrainingCollapsed(RuntimeError):
@@ -135,9 +140,7 @@ class PerPOModule(L.LightningModule):
         self.optim = optim or OptimConfig()
         self.length_normalize = length_normalize
         if self.optim.vision_lr == 0:  # frozen before any strategy wraps the model (DDP registers grads then)
-            for name, p in self.policy.named_parameters():
-                if any(k in name for k in VISION_TOWER_KEYS) and not any(k in name for k in PROJECTOR_KEYS):
-                    p.requires_grad_(False)
+            freeze_vision_tower(self.policy)
         # shared: one pass over each list's image + prompt (perpo.shared_prefix); naive: N copies
         self.scoring = resolve_layout(scoring, policy, processor) if loss != "sft" else "naive"
         self.list_loss = None if loss == "sft" else list_loss_fn(loss, beta=beta, gamma=gamma, margin=margin)
