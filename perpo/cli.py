@@ -1,5 +1,5 @@
 """What train.py and evaluate.py share: validate the config, run, and turn the errors a user can
-fix (a wrong combination, a checkpoint that cannot be loaded) into one message and exit code 2."""
+fix (a wrong combination, a checkpoint that cannot be loaded, stored lists that do not fit) into one message and exit code 2."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ def run_guarded(cfg: DictConfig, job: Callable[[DictConfig], Any]) -> Any:
     except ConfigError as err:
         print(f"perpo: {err}", file=sys.stderr)
         sys.exit(2)
-    from perpo.models.loading import (
-        ModelLoadError,  # heavy imports only once the config is valid
-    )
+    # heavy imports only once the config is valid
+    from perpo.models.loading import ModelLoadError
+    from perpo.offline import ListsError
 
     try:
         return job(cfg)
-    except ModelLoadError as err:
+    except (ModelLoadError, ListsError) as err:
         print(f"perpo: {err}", file=sys.stderr)
         sys.exit(2)

@@ -88,11 +88,48 @@ def _problems(cfg: DictConfig):
             "reference=adapter_off scores pi_ref with the LoRA adapter disabled: set "
             "model.lora.enabled=true, or use reference=copy"
         )
+    if cfg.get("reference") not in ("copy", "adapter_off", "cached"):
+        yield f"reference={cfg.get('reference')} is not known; choose copy, adapter_off or cached"
+    if cfg.get("reference") == "cached" and not cfg.data.get("lists"):
+        yield (
+            "reference=cached reads reference log-probs stored with offline lists: set data.lists=<sample.py folder> "
+            "(sampled with sample.ref_logps=true), or use reference=copy"
+        )
+    yield from _sample_problems(cfg)
     if lora_on and lora.get("save", "merged") not in ("merged", "adapter"):
         yield f"model.lora.save={lora.get('save')}: choose merged or adapter"
     yield from _trainer_problems(cfg.trainer)
     if cfg.eval.split not in cfg.data.sizes:
         yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(cfg.data.sizes)}"
+
+
+def _sample_problems(cfg):
+    sample = cfg.get("sample")
+    if sample is None:
+        return
+    engine = sample.get("engine", "transformers")
+    if engine not in ("transformers", "vllm"):
+        yield f"sample.engine={engine} is not known; choose transformers or vllm"
+    elif engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            yield "sample.engine=vllm needs vLLM, which is not installed: pip install 'perpo[vllm]' (GPU machines), or use sample.engine=transformers"
+    for key in ("chunk_size", "batch_size"):
+        value = sample.get(key)
+        if not isinstance(value, int) or value < 1:
+            yield f"sample.{key}={value}: must be a positive integer"
+    rank, world = sample.get("rank"), sample.get("world_size")
+    try:
+        rank, world = int(rank), int(world)
+    except (TypeError, ValueError):
+        yield f"sample.rank={rank}, sample.world_size={world}: must be integers"
+        return
+    if not 0 <= rank < world:
+        yield f"sample.rank={rank} must lie in [0, sample.world_size={world})"
+    margin = sample.get("min_margin", 0)
+    if margin != cfg.data.min_margin and not (_number(margin) and 0 <= margin <= 1):  # else said for data.min_margin
+        yield f"sample.min_margin={sample.get('min_margin')}: rewards lie in [0, 1], so the margin must too"
 
 
 def _trainer_problems(trainer):

@@ -62,3 +62,29 @@ def keep_mask(scored: ScoredLists, min_margin: float) -> torch.Tensor:
     """Lists whose best-minus-worst reward reaches ``min_margin`` (and is not zero)."""
     spread = scored.spread
     return (spread >= min_margin) & (spread > 0)
+
+
+# ----- stored lists (offline rewarding) ----------------------------------------------------
+# A stored list is a record (perpo.data.records schema) plus these columns. ``sample.py`` writes
+# them; the PerPO release's JSONL adapter produces them too; ``data.lists=<path>`` trains on them.
+LIST_COLUMNS = ("answers", "rewards", "parsed")  # [N] str, [N] float32 in [0, 1], [N] bool
+TOKEN_COLUMN = "answer_ids"  # optional [N][*] int32: the sampler's token ids (with EOS)
+REF_COLUMNS = ("ref_logps", "ref_num_tokens")  # optional [N] float32 summed log-probs, [N] int32
+
+
+def list_features(task: str, *, answer_ids: bool = False, ref_logps: bool = False):
+    """``datasets.Features`` of stored lists of ``task``: the record's columns plus the list's."""
+    import datasets
+
+    from perpo.data.records import features_for
+
+    features = dict(features_for(task))
+    features["answers"] = datasets.List(datasets.Value("string"))
+    features["rewards"] = datasets.List(datasets.Value("float32"))
+    features["parsed"] = datasets.List(datasets.Value("bool"))
+    if answer_ids:
+        features[TOKEN_COLUMN] = datasets.List(datasets.List(datasets.Value("int32")))
+    if ref_logps:
+        features["ref_logps"] = datasets.List(datasets.Value("float32"))
+        features["ref_num_tokens"] = datasets.List(datasets.Value("int32"))
+    return datasets.Features(features)

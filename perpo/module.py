@@ -3,6 +3,9 @@
     records -> sample N answers (policy, no grad) -> rewards -> drop lists without spread
             -> list batch -> log-probs (policy with grad, reference without) -> loss
 
+With stored lists (``sample.py``, ``data.lists=<dir>``) a batch row already holds its N answers
+and rewards: the first two stages are read instead of computed, the rest is the same.
+
 ``loss="sft"`` replaces the first four stages with the ground-truth answer (the warm start
 and the SFT baseline use this same module).
 """
@@ -24,6 +27,7 @@ from perpo.evaluation import greedy_answers
 from perpo.families import ChatFamily, TaskSpec
 from perpo.lists import keep_mask, score_lists
 from perpo.metrics import TaskMetrics
+from perpo.offline import read_stored_lists
 from perpo.reference import disable_dropout, make_reference
 from perpo.sampling import SamplingConfig, decode, generate
 from perpo.scoring import answer_logps
@@ -123,11 +127,12 @@ class PerPOModule(L.LightningModule):
         reference: str = "copy",
         length_normalize: bool = False,
         scoring: str = "auto",
+        stored_lists: bool = False,
     ):
         super().__init__()
         if loss not in ALL_LOSSES:
             raise ValueError(f"loss={loss!r} is not known; choose one of {ALL_LOSSES}")
-        if loss != "sft" and reward_fn is None:
+        if loss != "sft" and reward_fn is None and not stored_lists:
             raise ValueError(f"loss={loss} samples and scores lists: it needs a reward function")
         self.policy = policy
         disable_dropout(self.policy)
@@ -139,6 +144,7 @@ class PerPOModule(L.LightningModule):
         self.lists = lists or ListConfig()
         self.optim = optim or OptimConfig()
         self.length_normalize = length_normalize
+        self.stored_lists = stored_lists
         if self.optim.vision_lr == 0:  # frozen before any strategy wraps the model (DDP registers grads then)
             freeze_vision_tower(self.policy)
         # shared: one pass over each list's image + prompt (perpo.shared_prefix); naive: N copies
@@ -159,14 +165,17 @@ class PerPOModule(L.LightningModule):
         prefixes = encode_prefixes(self.processor, prompts, images)
 
         # 1. discriminative rewarding: N samples per prompt, scored by the task metric
-        s = self.lists.sampling
-        answers = generate(
-            self.policy, self.processor, prompts, images,
-            num_return_sequences=self.lists.listsize, temperature=s.temperature,
-            top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-        )  # fmt: skip
-        texts = [[decode(self.processor, ids) for ids in row] for row in answers]
-        scored = score_lists(self.reward_fn, records, answers, texts)
+        if self.stored_lists:  # offline: sampled and scored by sample.py
+            answers, scored = read_stored_lists(records, self.processor.tokenizer)
+        else:
+            s = self.lists.sampling
+            answers = generate(
+                self.policy, self.processor, prompts, images,
+                num_return_sequences=self.lists.listsize, temperature=s.temperature,
+                top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+            )  # fmt: skip
+            texts = [[decode(self.processor, ids) for ids in row] for row in answers]
+            scored = score_lists(self.reward_fn, records, answers, texts)
         keep = keep_mask(scored, self.lists.min_margin)
         self._log_lists(scored, keep)
         if not keep.any():
@@ -179,7 +188,7 @@ class PerPOModule(L.LightningModule):
             prefixes, [answers[i] for i in kept], self._pad_id, select=kept, layout=self.scoring
         ).to(self.device)
         policy_lp = batch_logps(self.policy, batch)
-        ref_lp = self.reference.logps(batch)
+        ref_lp = self.reference.logps(batch, [records[i] for i in kept])
         pick = (lambda lp: lp.mean) if self.length_normalize else (lambda lp: lp.sum)
         rewards = scored.rewards[kept].to(self.device)
         per_list = self.list_loss(pick(policy_lp), pick(ref_lp), rewards)

@@ -168,6 +168,48 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     return base
 
 
+def load_base(cfg: DictConfig, path: Path, splits):
+    """(model, processor, family, splits with their box space) for the checkpoint at ``path``."""
+    model, processor = load_model(
+        path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
+        eos_token=cfg.model.get("eos_token"),
+    )  # fmt: skip
+    family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
+    return model, processor, family, with_box_space(splits, processor, cfg.model.box_format)
+
+
+def _stored_lists(cfg: DictConfig, base_path: Path):
+    """``data.lists``: the stored lists to train on (None: sample online). Their reference
+    log-probs must come from the model this run starts from."""
+    path = cfg.data.get("lists")
+    if not path:
+        return None
+    from perpo.offline import ListsError, lists_meta, load_lists
+
+    cached = cfg.reference == "cached"
+    lists = load_lists(path, need_ref=cached)
+    meta = lists_meta(path) or {}
+    if meta.get("base") and meta["base"] != str(base_path):
+        message = (
+            f"data.lists={path} was sampled from {meta['base']}, but this run starts from {base_path}"
+        )
+        if cached:
+            raise ListsError(message + ": its cached reference log-probs belong to another model; use reference=copy")
+        log.warning("%s (the lists are off-policy for it)", message)
+    blank = bool(cfg.data.get("blank_image"))
+    if cached and meta and bool((meta.get("data") or {}).get("blank_image")) != blank:
+        raise ListsError(
+            f"data.blank_image={blank}, but the reference log-probs of data.lists={path} were computed with "
+            f"blank_image={not blank}: sample the lists with the same data.blank_image, or use reference=copy"
+        )
+    if blank:
+        from perpo.data.blank import blank_images
+
+        lists = blank_images(lists)
+    log.info("training on %d stored lists of N=%d from %s", len(lists), len(lists[0]["rewards"]), path)
+    return lists
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
@@ -185,14 +227,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     base_path = prepare_base(cfg, splits)
     splits = blank_where_asked(cfg, splits)
 
+    stored = _stored_lists(cfg, base_path)
+    if stored is not None:  # offline PerPO: train on sample.py's lists, no sampling
+        splits = {**splits, "train": stored}
+
     L.seed_everything(int(cfg.seed), verbose=False)
-    policy, processor = load_model(
-        base_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
-        eos_token=cfg.model.get("eos_token"),
-    )  # fmt: skip
+    policy, processor, family, splits = load_base(cfg, base_path, splits)
     policy.to(_device(cfg))  # evaluation before training runs where training will
-    splits = with_box_space(splits, processor, cfg.model.box_format)
-    family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     lora = cfg.model.get("lora")
     lora_on = bool(lora and lora.get("enabled"))
     if lora_on:  # LoRA's B matrices start at zero: the policy is unchanged at init
@@ -226,7 +267,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ),
         optim=OptimConfig(**OmegaConf.to_container(cfg.optim)),
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
-        scoring=cfg.get("scoring", "auto"),
+        scoring=cfg.get("scoring", "auto"), stored_lists=stored is not None,
     )  # fmt: skip
     trainer = instantiate(cfg.trainer, logger=build_logger(cfg), callbacks=[StepLog(10)])
     datamodule = RecordDataModule(
@@ -260,13 +301,8 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = cfg.eval.get("checkpoint")
     path = Path(checkpoint) if checkpoint else prepare_base(cfg, splits)
     splits = blank_where_asked(cfg, splits)
-    model, processor = load_model(
-        path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
-        eos_token=cfg.model.get("eos_token"),
-    )  # fmt: skip
+    model, processor, family, splits = load_base(cfg, path, splits)
     model.to(_device(cfg))
-    splits = with_box_space(splits, processor, cfg.model.box_format)
-    family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
     records = splits[cfg.eval.split]
     result = evaluate(
         model, processor, family, task, records, batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.split}",

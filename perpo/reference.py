@@ -3,7 +3,8 @@
 ``FrozenCopyReference`` is the paper's choice: a full frozen copy of the starting policy,
 dropout off, never updated. Memory-light variants implement the same method, so the training
 step does not know which one it holds: ``AdapterOffReference`` (a LoRA policy with its adapter
-disabled, no second copy); cached log-probs later.
+disabled, no second copy) and ``CachedReference`` (log-probs computed by ``sample.py`` with the
+starting model and stored with each list: no reference model at all).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class FrozenCopyReference(torch.nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def logps(self, batch: ListBatch | PackedBatch) -> AnswerLogps:
+    def logps(self, batch: ListBatch | PackedBatch, rows=None) -> AnswerLogps:
         return batch_logps(self.model, batch)
 
 
@@ -68,7 +69,7 @@ class AdapterOffReference(torch.nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def logps(self, batch: ListBatch | PackedBatch) -> AnswerLogps:
+    def logps(self, batch: ListBatch | PackedBatch, rows=None) -> AnswerLogps:
         policy = self.policy
         was_training = policy.training
         policy.eval()
@@ -79,7 +80,34 @@ class AdapterOffReference(torch.nn.Module):
             policy.train(was_training)
 
 
-REFERENCES = {"copy": FrozenCopyReference, "adapter_off": AdapterOffReference}
+class CachedReference(torch.nn.Module):
+    """pi_ref log-probs read from the stored lists (``ref_logps``, ``ref_num_tokens``).
+
+    ``sample.py sample.ref_logps=true`` scores every kept answer with the sampling model, which
+    is the model training starts from, so these are exactly what ``copy`` would compute (same
+    tokens: training uses the stored ``answer_ids``), once per list and never again.
+    """
+
+    def __init__(self, policy: torch.nn.Module | None = None):
+        super().__init__()
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def logps(self, batch: ListBatch | PackedBatch, rows=None) -> AnswerLogps:
+        if rows is None or any("ref_logps" not in row or row["ref_logps"] is None for row in rows):
+            ids = [row.get("id") for row in rows or []]
+            raise ValueError(
+                f"reference=cached needs stored reference log-probs (lists {ids[:5]} have none): "
+                "sample the lists with sample.ref_logps=true, or use reference=copy"
+            )
+        device = batch.input_ids.device
+        total = torch.tensor([list(row["ref_logps"]) for row in rows], dtype=torch.float32, device=device)
+        count = torch.tensor([list(row["ref_num_tokens"]) for row in rows], dtype=torch.long, device=device)
+        return AnswerLogps(total, count)
+
+
+REFERENCES = {"copy": FrozenCopyReference, "adapter_off": AdapterOffReference, "cached": CachedReference}
 
 
 def make_reference(kind: str, policy: torch.nn.Module) -> torch.nn.Module:

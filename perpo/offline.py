@@ -1,0 +1,375 @@
+"""Offline discriminative rewarding (``sample.py``): sample N answers per prompt once, score
+them, keep the lists with spread, store them; ``train.py data.lists=<dir>`` trains on them.
+
+    records -> chunks of ``sample.chunk_size`` -> (this rank's chunks) -> N samples per prompt
+            -> rewards -> keep best - worst >= min_margin -> [reference log-probs]
+            -> <out>/data/chunk-00012.parquet + <out>/progress/chunk-00012.json
+
+Resumable by construction: chunk i always holds records [i*S, (i+1)*S) and samples them with
+its own seed (``seed`` and i), its parquet shard and then its progress file are written
+atomically (tmp + rename). A run killed at any moment and started again with the same command
+skips the chunks whose progress file exists and redoes the rest: no finished row is lost and
+none is written twice (a redone chunk overwrites its own shard with the same rows). Ranks take
+chunks round-robin (chunk i belongs to rank i % world_size), so a resumed run may even use
+another number of processes. ``meta.json`` pins what determines the lists; starting again with
+a different setting into the same folder is refused, naming the keys that differ.
+
+Each stored list is its record plus ``answers`` / ``rewards`` / ``parsed`` / ``answer_ids``
+(the sampler's token ids) and, with ``sample.ref_logps=true``, the reference log-probs of
+every answer (``ref_logps``, ``ref_num_tokens``): the sampling model is the reference of the
+training that follows, so ``reference=cached`` then needs no reference model at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from perpo.lists import REF_COLUMNS, TOKEN_COLUMN, ScoredLists, keep_mask, list_features, score_lists
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+SUMMARY = "summary.json"
+HIST_BINS = 10
+
+
+class ListsError(ValueError):
+    """Stored lists cannot be used as asked: the message names the folder and what to change."""
+
+
+# ----- where chunks live --------------------------------------------------------------------
+def chunk_name(index: int) -> str:
+    return f"chunk-{index:05d}"
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """The sampling seed of chunk ``index``: a resumed chunk draws exactly what it drew before."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
+
+
+def my_chunks(num_records: int, chunk_size: int, rank: int, world_size: int) -> list[int]:
+    """Chunk indices this rank samples: round-robin over ranks."""
+    total = math.ceil(num_records / chunk_size)
+    return [i for i in range(total) if i % world_size == rank]
+
+
+def done_chunks(out_dir: Path) -> set[int]:
+    progress = out_dir / "progress"
+    if not progress.is_dir():
+        return set()
+    return {int(p.stem.split("-")[1]) for p in progress.glob("chunk-*.json")}
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+
+    _atomic_write_bytes(path, write)
+
+
+def check_meta(out_dir: Path, meta: dict) -> None:
+    """Write ``meta.json``, or refuse when the folder holds lists made with other settings."""
+    path = out_dir / META
+    if path.exists():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        if differ:
+            shown = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in differ)
+            raise ListsError(
+                f"{out_dir} holds lists sampled with other settings ({shown}); resume with the same "
+                "settings, or choose another sample.out_dir"
+            )
+        return
+    _write_json(path, meta)
+
+
+# ----- one chunk --------------------------------------------------------------------------
+def sample_chunk(
+    model: torch.nn.Module,
+    processor: Any,
+    family: Any,
+    task: Any,
+    reward_fn,
+    records: Sequence[dict],
+    *,
+    listsize: int,
+    min_margin: float,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    ref_logps: bool,
+    layout: str = "naive",
+) -> tuple[list[dict], dict]:
+    """Sample, score and filter the lists of ``records``: (kept rows, this chunk's counts)."""
+    from perpo.batching import encode_prefixes
+    from perpo.sampling import decode, generate
+    from perpo.shared_prefix import batch_logps, build_batch
+
+    torch.manual_seed(seed)
+    rows: list[dict] = []
+    counts = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
+    pad_id = processor.tokenizer.pad_token_id
+    for start in range(0, len(records), batch_size):
+        batch = [records[i] for i in range(start, min(start + batch_size, len(records)))]
+        prompts = [family.prompt_text(r, task) for r in batch]
+        images = [r["image"] for r in batch]
+        answers = generate(
+            model, processor, prompts, images, num_return_sequences=listsize,
+            temperature=temperature, top_p=top_p, max_new_tokens=task.max_new_tokens,
+        )  # fmt: skip
+        texts = [[decode(processor, ids) for ids in row] for row in answers]
+        scored: ScoredLists = score_lists(reward_fn, batch, answers, texts)
+        keep = keep_mask(scored, min_margin)
+        counts["records"] += len(batch)
+        counts["kept"] += int(keep.sum())
+        counts["dropped"] += int((~keep).sum())
+        counts["answers"] += scored.rewards.numel()
+        counts["unparsed"] += int((~scored.parsed).sum())
+        for value in scored.rewards.flatten().tolist():
+            counts["hist"][min(int(value * HIST_BINS), HIST_BINS - 1)] += 1
+        kept = keep.nonzero().squeeze(1).tolist()
+        if not kept:
+            continue
+        ref = None
+        if ref_logps:  # the sampling model is the reference of the training that follows
+            prefixes = encode_prefixes(processor, prompts, images)
+            device = next(model.parameters()).device
+            lists = build_batch(prefixes, [answers[i] for i in kept], pad_id, select=kept, layout=layout).to(device)
+            with torch.no_grad():
+                ref = batch_logps(model, lists)
+        for j, i in enumerate(kept):
+            row = {k: batch[i][k] for k in ("id", "task", "image", "prompt", "target", "width", "height")}
+            row.update(
+                answers=texts[i], rewards=scored.rewards[i].tolist(), parsed=scored.parsed[i].tolist(),
+                answer_ids=answers[i],
+            )  # fmt: skip
+            if ref is not None:
+                row.update(ref_logps=ref.sum[j].tolist(), ref_num_tokens=ref.num_tokens[j].int().tolist())
+            rows.append(row)
+    return rows, counts
+
+
+def write_chunk(out_dir: Path, index: int, rows: list[dict], counts: dict, *, task: str, ref_logps: bool) -> None:
+    """Shard first, progress file second: a chunk counts as done only once its rows are on disk."""
+    import datasets
+
+    if rows:
+        features = list_features(task, answer_ids=True, ref_logps=ref_logps)
+        shard = datasets.Dataset.from_list(rows, features=features)
+        _atomic_write_bytes(out_dir / "data" / f"{chunk_name(index)}.parquet", lambda tmp: shard.to_parquet(tmp))
+    _write_json(out_dir / "progress" / f"{chunk_name(index)}.json", counts)
+
+
+def summarize(out_dir: Path, total_chunks: int) -> dict:
+    """Counts over every finished chunk (all ranks), with the reward histogram."""
+    totals = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
+    done = sorted(done_chunks(out_dir))
+    for index in done:
+        counts = json.loads((out_dir / "progress" / f"{chunk_name(index)}.json").read_text())
+        for key, value in counts.items():
+            if key == "hist":
+                totals["hist"] = [a + b for a, b in zip(totals["hist"], value)]
+            else:
+                totals[key] += value
+    totals["chunks_done"], totals["chunks_total"] = len(done), total_chunks
+    totals["complete"] = len(done) == total_chunks
+    totals["unparsed_fraction"] = totals["unparsed"] / max(totals["answers"], 1)
+    return totals
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"lists: {summary['kept']} kept, {summary['dropped']} dropped (spread < min_margin) of "
+        f"{summary['records']} prompts; {summary['unparsed']} of {summary['answers']} answers did not parse "
+        f"({summary['unparsed_fraction']:.1%}); chunks {summary['chunks_done']}/{summary['chunks_total']}",
+        "reward histogram:",
+    ]
+    hist = summary["hist"]
+    peak = max(max(hist), 1)
+    for b, count in enumerate(hist):
+        lo, hi = b / HIST_BINS, (b + 1) / HIST_BINS
+        lines.append(f"  [{lo:.1f}, {hi:.1f}{']' if b == HIST_BINS - 1 else ')'} {count:7d} {'#' * round(40 * count / peak)}")
+    return "\n".join(lines)
+
+
+# ----- the command --------------------------------------------------------------------------
+def lists_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.sample.out_dir)
+
+
+def sample_meta(cfg: DictConfig, base_path: Path, num_records: int) -> dict:
+    """Everything that determines the stored lists (compared on resume)."""
+    return {
+        "base": str(base_path),
+        "task": cfg.task.name,
+        "reward": OmegaConf.to_container(cfg.reward, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "split": cfg.sample.split,
+        "num_records": num_records,
+        "listsize": int(cfg.listsize),
+        "min_margin": float(cfg.sample.min_margin),
+        "temperature": float(cfg.sampling.temperature),
+        "top_p": float(cfg.sampling.top_p),
+        "seed": int(cfg.sample.seed),
+        "chunk_size": int(cfg.sample.chunk_size),
+        "ref_logps": bool(cfg.sample.ref_logps),
+        "box_format": cfg.model.box_format,
+        "system_prompt": cfg.model.get("system_prompt"),
+    }
+
+
+def run_sampling(cfg: DictConfig) -> dict:
+    """What ``sample.py`` runs. Returns the summary over all chunks finished so far."""
+    from tqdm.auto import tqdm
+
+    from perpo.pipeline import _device, blank_where_asked, build_reward, build_splits, load_base, prepare_base, task_spec
+
+    out_dir = lists_dir(cfg)
+    task = task_spec(cfg)
+    splits = build_splits(cfg)
+    base_path = prepare_base(cfg, splits)
+    splits = blank_where_asked(cfg, splits)
+    split = cfg.sample.split
+    if split not in splits:
+        raise ListsError(f"sample.split={split} is not a split of the data; choose one of {sorted(splits)}")
+    records = splits[split]
+    rank, world = int(cfg.sample.rank), int(cfg.sample.world_size)
+    chunk_size = int(cfg.sample.chunk_size)
+    total_chunks = math.ceil(len(records) / chunk_size)
+    check_meta(out_dir, sample_meta(cfg, base_path, len(records)))
+
+    mine = my_chunks(len(records), chunk_size, rank, world)
+    done = done_chunks(out_dir)
+    todo = [i for i in mine if i not in done]
+    log.info(
+        "sampling %d lists of N=%d into %s: rank %d/%d has %d chunks, %d already done",
+        len(records), cfg.listsize, out_dir, rank, world, len(mine), len(mine) - len(todo),
+    )  # fmt: skip
+    if todo:
+        import datasets
+
+        datasets.disable_progress_bars()  # one bar here: rows sampled (the shard writes are quick)
+        model, processor, family, records_by_split = load_base(cfg, base_path, {split: records})
+        records = records_by_split[split]
+        model.to(_device(cfg)).eval()
+        reward_fn = build_reward(cfg)
+        from perpo.reference import disable_dropout
+        from perpo.shared_prefix import resolve_layout
+
+        disable_dropout(model)
+        layout = resolve_layout(cfg.get("scoring", "auto"), model, processor)
+        rows_done = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine if i in done)
+        rows_mine = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine)
+        bar = tqdm(total=rows_mine, initial=rows_done, unit="rows", desc=f"sample N={cfg.listsize}", dynamic_ncols=True)
+        start = time.time()
+        for index in todo:
+            lo, hi = index * chunk_size, min((index + 1) * chunk_size, len(records))
+            rows, counts = sample_chunk(
+                model, processor, family, task, reward_fn, records.select(range(lo, hi)),
+                listsize=int(cfg.listsize), min_margin=float(cfg.sample.min_margin),
+                temperature=float(cfg.sampling.temperature), top_p=float(cfg.sampling.top_p),
+                batch_size=int(cfg.sample.batch_size), seed=chunk_seed(int(cfg.sample.seed), index),
+                ref_logps=bool(cfg.sample.ref_logps), layout=layout,
+            )  # fmt: skip
+            write_chunk(out_dir, index, rows, counts, task=task.name, ref_logps=bool(cfg.sample.ref_logps))
+            bar.update(hi - lo)
+            bar.set_postfix(kept=f"{counts['kept']}/{counts['records']}")
+        bar.close()
+        log.info("sampled %d chunks in %.0f s", len(todo), time.time() - start)
+    summary = summarize(out_dir, total_chunks)
+    if summary["complete"]:
+        _write_json(out_dir / SUMMARY, summary)
+    log.info("%s", format_summary(summary))
+    return summary
+
+
+# ----- reading stored lists back -----------------------------------------------------------
+def load_lists(path: str | Path, *, need_ref: bool = False):
+    """The stored lists under ``path`` (a ``sample.py`` folder, or parquet file(s)) as one Dataset.
+
+    Refuses, naming the folder, an unfinished folder (``summary.json`` missing), lists of
+    different sizes, and ``need_ref`` without stored reference log-probs.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise ListsError(f"data.lists={path}: no such file or folder")
+    if path.is_dir():
+        files = sorted((path / "data").glob("chunk-*.parquet")) or sorted(path.glob("*.parquet"))
+        if (path / META).exists() and not (path / SUMMARY).exists():
+            summary = summarize(path, _total_chunks(path))
+            raise ListsError(
+                f"data.lists={path} is unfinished ({summary['chunks_done']} of {summary['chunks_total']} chunks): "
+                "run the same sample.py command again to finish it"
+            )
+    else:
+        files = [path]
+    if not files:
+        raise ListsError(f"data.lists={path} holds no parquet shards (expected {path}/data/chunk-*.parquet)")
+    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    missing = [c for c in ("id", "image", "answers", "rewards", "parsed") if c not in ds.column_names]
+    if missing:
+        raise ListsError(f"data.lists={path}: column(s) {missing} missing; found {ds.column_names}")
+    if need_ref and not all(c in ds.column_names for c in REF_COLUMNS):
+        raise ListsError(
+            f"reference=cached reads each answer's reference log-prob from the lists, but {path} has none: "
+            "sample them with sample.ref_logps=true, or use reference=copy"
+        )
+    sizes = sorted({len(a) for a in ds["rewards"]})
+    if len(sizes) != 1:
+        raise ListsError(f"data.lists={path}: lists of different sizes {sizes}; a batch needs one size N")
+    if sizes[0] < 2:
+        raise ListsError(f"data.lists={path}: lists of size {sizes[0]}; ranking needs N >= 2")
+    return ds
+
+
+def _total_chunks(path: Path) -> int:
+    meta = json.loads((path / META).read_text())
+    return math.ceil(meta["num_records"] / meta["chunk_size"])
+
+
+def lists_meta(path: str | Path) -> dict | None:
+    meta = Path(path) / META
+    return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def read_stored_lists(rows: Sequence[dict], tokenizer: Any) -> tuple[list[list[list[int]]], ScoredLists]:
+    """(answer token ids, scored lists) of stored rows: the sampler's ids when stored, else the
+    answer text tokenized as the ground truth is (text + EOS)."""
+    from perpo.batching import answer_ids
+
+    answers = [row[TOKEN_COLUMN] if row.get(TOKEN_COLUMN) else answer_ids(tokenizer, row["answers"]) for row in rows]
+    scored = ScoredLists(
+        answers,
+        [list(row["answers"]) for row in rows],
+        torch.tensor([list(row["rewards"]) for row in rows], dtype=torch.float32),
+        torch.tensor([list(row["parsed"]) for row in rows], dtype=torch.bool),
+    )
+    return answers, scored

@@ -1,0 +1,320 @@
+"""Offline discriminative rewarding (perpo/offline.py, sample.py) and training on stored lists.
+
+In-process: chunk bookkeeping, one chunk sampled with the session tiny model, and the three
+references (copy, adapter_off, cached) giving the same loss on the same stored lists.
+Subprocess: ``sample.py`` killed with SIGKILL mid-run and started again ends with exactly the
+lists of an uninterrupted run; ``train.py data.lists=... reference=cached`` trains on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+no_trainer_log_warning = pytest.mark.filterwarnings("ignore:You are trying to .self.log:UserWarning")
+
+
+def length_reward(text: str, record) -> float:
+    """A reward that spreads any list of different answers (the tiny random model cannot ground)."""
+    return (len(text) % 7) / 6
+
+
+# -- bookkeeping -------------------------------------------------------------------------------
+
+
+def test_chunks_are_round_robin_over_ranks():
+    from perpo.offline import my_chunks
+
+    # 10 records in chunks of 3 -> chunks 0..3 (the last holds 1 record)
+    assert my_chunks(10, 3, rank=0, world_size=1) == [0, 1, 2, 3]
+    assert my_chunks(10, 3, rank=0, world_size=2) == [0, 2]
+    assert my_chunks(10, 3, rank=1, world_size=2) == [1, 3]
+    assert my_chunks(0, 3, rank=0, world_size=1) == []
+
+
+def test_chunk_seeds_are_fixed_and_distinct():
+    from perpo.offline import chunk_seed
+
+    assert chunk_seed(42, 0) == chunk_seed(42, 0)
+    seeds = {chunk_seed(42, i) for i in range(100)} | {chunk_seed(43, 0)}
+    assert len(seeds) == 101
+
+
+def test_meta_mismatch_is_refused_naming_the_keys(tmp_path):
+    from perpo.offline import ListsError, check_meta
+
+    check_meta(tmp_path, {"listsize": 8, "seed": 1, "base": "b"})
+    check_meta(tmp_path, {"listsize": 8, "seed": 1, "base": "b"})  # same settings: resume
+    with pytest.raises(ListsError) as info:
+        check_meta(tmp_path, {"listsize": 20, "seed": 1, "base": "b"})
+    assert "listsize: stored 8, now 20" in str(info.value) and "sample.out_dir" in str(info.value)
+
+
+def test_summary_histogram_and_completeness(tmp_path):
+    from perpo.offline import _write_json, format_summary, summarize
+
+    base = {"records": 4, "kept": 3, "dropped": 1, "answers": 16, "unparsed": 2}
+    _write_json(tmp_path / "progress" / "chunk-00000.json", {**base, "hist": [16] + [0] * 9})
+    _write_json(tmp_path / "progress" / "chunk-00002.json", {**base, "hist": [0] * 9 + [16]})
+    summary = summarize(tmp_path, total_chunks=3)
+    assert summary["kept"] == 6 and summary["answers"] == 32 and summary["hist"][0] == summary["hist"][9] == 16
+    assert summary["chunks_done"] == 2 and not summary["complete"]
+    assert summary["unparsed_fraction"] == pytest.approx(4 / 32)
+    text = format_summary(summary)
+    assert "6 kept, 2 dropped" in text and "[0.9, 1.0]      16" in text
+
+
+# -- one chunk, in-process ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stored_rows(tiny, family, task):
+    """Kept lists of 4 grounding records, N=3, with reference log-probs (naive layout)."""
+    from perpo.data import make_records
+    from perpo.offline import sample_chunk
+
+    model, processor = tiny
+    ds = make_records("grounding", 4, seed=3)
+    records = [ds[i] for i in range(len(ds))]
+    rows, counts = sample_chunk(
+        model, processor, family, task, length_reward, records, listsize=3, min_margin=0.0,
+        temperature=1.0, top_p=1.0, batch_size=2, seed=7, ref_logps=True, layout="naive",
+    )  # fmt: skip
+    return records, rows, counts
+
+
+def test_sample_chunk_keeps_lists_with_spread_and_stores_their_reference(stored_rows, tiny, family, task):
+    from perpo.batching import encode_prefixes
+    from perpo.shared_prefix import batch_logps, build_batch
+
+    records, rows, counts = stored_rows
+    assert counts["records"] == 4 and counts["answers"] == 12 and sum(counts["hist"]) == 12
+    assert counts["kept"] + counts["dropped"] == 4 and counts["kept"] == len(rows) >= 2
+    model, processor = tiny
+    for row in rows:
+        rewards = [length_reward(t, row) for t in row["answers"]]
+        assert row["rewards"] == pytest.approx(rewards)
+        assert max(rewards) > min(rewards)  # spread > 0
+        assert len(row["answer_ids"]) == len(row["ref_logps"]) == len(row["ref_num_tokens"]) == 3
+        # the stored reference log-prob is the model's log-prob of exactly the stored tokens
+        prefixes = encode_prefixes(processor, [family.prompt_text(row, task)], [row["image"]])
+        batch = build_batch(prefixes, [row["answer_ids"]], processor.tokenizer.pad_token_id, layout="naive")
+        with torch.no_grad():
+            lp = batch_logps(model, batch)
+        assert lp.sum[0].tolist() == pytest.approx(row["ref_logps"], rel=1e-6, abs=1e-5)  # other batch: rounding
+        assert lp.num_tokens[0].tolist() == row["ref_num_tokens"]
+
+
+def test_same_seed_same_chunk(stored_rows, tiny, family, task):
+    """A redone chunk (after a crash) draws exactly the lists it drew the first time."""
+    from perpo.offline import sample_chunk
+
+    records, rows, _ = stored_rows
+    again, _ = sample_chunk(
+        tiny[0], tiny[1], family, task, length_reward, records, listsize=3, min_margin=0.0,
+        temperature=1.0, top_p=1.0, batch_size=2, seed=7, ref_logps=False,
+    )  # fmt: skip
+    assert [r["answer_ids"] for r in again] == [r["answer_ids"] for r in rows]
+
+
+def _module(policy, processor, family, task, reference):
+    from perpo.module import ListConfig, PerPOModule
+
+    return PerPOModule(
+        policy, processor, family, task, None, loss="perpo", beta=0.1, gamma=0.5, reference=reference,
+        lists=ListConfig(listsize=3, min_margin=0.0), stored_lists=True, scoring="naive",
+    )  # fmt: skip
+
+
+@no_trainer_log_warning
+def test_copy_adapter_off_and_cached_references_give_the_same_loss(stored_rows, tiny, family, task):
+    """On the same stored lists, before any update the policy equals the reference, so all three
+    references see the same log-probs: the loss is identical (PerPO at policy == ref is
+    sum_pairs w_ij * log 2 / sum w_ij = log 2 for every kept list)."""
+    import math
+
+    from perpo.models.lora import apply_lora
+
+    _, rows, _ = stored_rows
+    model, processor = tiny
+    losses = {}
+    for reference in ("copy", "cached"):
+        module = _module(copy.deepcopy(model), processor, family, task, reference)
+        losses[reference] = float(module.training_step(rows, 0).detach())
+    lora = apply_lora(copy.deepcopy(model), r=4, alpha=8, dropout=0.0)
+    losses["adapter_off"] = float(_module(lora, processor, family, task, "adapter_off").training_step(rows, 0).detach())
+    assert losses["copy"] == pytest.approx(math.log(2), abs=1e-5)
+    assert losses["cached"] == pytest.approx(losses["copy"], abs=1e-5)
+    assert losses["adapter_off"] == pytest.approx(losses["copy"], abs=1e-5)
+
+
+@no_trainer_log_warning
+def test_cached_reference_after_an_update_matches_the_frozen_copy(stored_rows, tiny, family, task):
+    """After an optimizer step the policy moves; the cached and the copied reference do not."""
+    _, rows, _ = stored_rows
+    model, processor = tiny
+    values = {}
+    for reference in ("copy", "cached"):
+        torch.manual_seed(0)
+        module = _module(copy.deepcopy(model), processor, family, task, reference)
+        optim = torch.optim.SGD([p for p in module.policy.parameters() if p.requires_grad], lr=0.5)
+        module.training_step(rows, 0).backward()
+        optim.step()
+        values[reference] = float(module.training_step(rows, 1).detach())
+    assert values["copy"] != pytest.approx(0.6931, abs=1e-4)  # the policy moved
+    assert values["cached"] == pytest.approx(values["copy"], abs=1e-5)
+
+
+def test_cached_reference_without_stored_logps_names_the_fix(tiny):
+    from perpo.batching import ListBatch
+    from perpo.reference import CachedReference
+
+    batch = ListBatch(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool), {}, 1, 2)
+    with pytest.raises(ValueError, match="sample.ref_logps=true"):
+        CachedReference().logps(batch, [{"id": "r1", "answers": ["a", "b"]}])
+
+
+# -- sample.py and train.py, subprocesses ------------------------------------------------------
+
+BUDGET = [
+    "warmstart.steps=30", "warmstart.batch_size=16", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
+    "data.sizes.train=96", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
+    "data.min_margin=0.0", "eval.batch_size=8", "sample.chunk_size=8", "sample.batch_size=8",
+]  # fmt: skip
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _cmd(script: str, cache: Path, *overrides: str) -> list[str]:
+    return [sys.executable, script, f"paths.cache_dir={cache}", *BUDGET, *overrides]
+
+
+def _sample(cache: Path, out: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={run_dir}"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _shard_rows(out: Path) -> dict[str, tuple]:
+    """id -> (answers, rewards, ref_logps) over every shard; asserts no id is stored twice."""
+    import pyarrow.parquet as pq
+
+    rows: dict[str, tuple] = {}
+    for shard in sorted((out / "data").glob("chunk-*.parquet")):
+        table = pq.read_table(shard, columns=["id", "answers", "rewards", "ref_logps"]).to_pylist()
+        for row in table:
+            assert row["id"] not in rows, f"{row['id']} stored twice"
+            rows[row["id"]] = (tuple(row["answers"]), tuple(row["rewards"]), tuple(row["ref_logps"]))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+    """One uninterrupted sample.py run (the warm start is cached for the others)."""
+    root = tmp_path_factory.mktemp("offline")
+    cache = root / "cache"
+    _sample(cache, root / "lists_full", root / "run_full")
+    return root, cache
+
+
+def test_sample_py_writes_shards_summary_and_meta(sampled):
+    root, _ = sampled
+    out = root / "lists_full"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["chunks_total"] == 12 and summary["records"] == 96
+    assert summary["kept"] + summary["dropped"] == 96 and sum(summary["hist"]) == 96 * 4
+    assert len(_shard_rows(out)) == summary["kept"] > 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["listsize"] == 4 and meta["ref_logps"] is True
+
+
+def test_sample_py_killed_mid_run_resumes_to_the_same_lists(sampled):
+    """SIGKILL once the first chunks are on disk; the same command again finishes the rest. The
+    result equals the uninterrupted run's row for row: nothing lost, nothing written twice."""
+    root, cache = sampled
+    out, run_dir = root / "lists_killed", root / "run_killed"
+    proc = subprocess.Popen(
+        _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={run_dir}"),
+        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "progress" / "chunk-00001.json").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list((out / "progress").glob("chunk-*.json")))
+    assert 2 <= done_at_kill < 12 and not (out / "summary.json").exists(), done_at_kill
+    # a shard written but not yet marked done (killed between the two writes) is redone, not duplicated
+    (out / "progress" / "chunk-00000.json").unlink()
+
+    resumed = _sample(cache, out, run_dir)
+    assert f"{done_at_kill - 1} already done" in resumed.stdout + resumed.stderr + (run_dir / "sample.log").read_text()
+    assert _shard_rows(out) == _shard_rows(root / "lists_full")
+    assert json.loads((out / "summary.json").read_text()) == json.loads((root / "lists_full" / "summary.json").read_text())
+
+
+def test_changed_settings_into_the_same_folder_are_refused(sampled):
+    root, cache = sampled
+    proc = subprocess.run(
+        _cmd("sample.py", cache, f"sample.out_dir={root / 'lists_full'}", "listsize=5", f"hydra.run.dir={root / 'r5'}"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "listsize: stored 4, now 5" in proc.stderr
+
+
+def test_train_on_stored_lists_with_cached_reference(sampled):
+    root, cache = sampled
+    run_dir = root / "train_cached"
+    proc = subprocess.run(
+        _cmd(
+            "train.py", cache, f"data.lists={root / 'lists_full'}", "reference=cached", "trainer.max_steps=3",
+            "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", "optim.lr=1e-2",
+        ),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    counters = results["list_counters"]
+    assert counters["lists_seen"] == 12 and counters["lists_kept"] == 12  # 3 steps x 4 stored lists
+    assert counters["answers"] == 48
+    log_text = (run_dir / "train.log").read_text()
+    assert "training on" in log_text and "stored lists of N=4" in log_text
+    assert "SFT warm start: reusing the cached base" in log_text  # the lists' base: cached refs fit
+
+
+def test_cached_reference_needs_lists_and_unfinished_lists_are_refused(sampled, tmp_path):
+    root, cache = sampled
+    proc = subprocess.run(
+        _cmd("train.py", cache, "reference=cached", f"hydra.run.dir={tmp_path / 'a'}"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "set data.lists=" in proc.stderr
+    unfinished = root / "lists_killed_copy"
+    import shutil
+
+    shutil.copytree(root / "lists_full", unfinished)
+    (unfinished / "summary.json").unlink()
+    (unfinished / "progress" / "chunk-00003.json").unlink()
+    proc = subprocess.run(
+        _cmd("train.py", cache, f"data.lists={unfinished}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'b'}"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "unfinished (11 of 12 chunks)" in proc.stderr
