@@ -73,6 +73,29 @@ def param_groups(model: torch.nn.Module, *, lr: float, projector_lr: float | Non
     ]
 
 
+def rng_states() -> dict:
+    import random
+
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class TrainingCollapsed(RuntimeError):
     """Every list was dropped for many steps in a row: there is nothing left to learn from."""
 
@@ -258,6 +281,28 @@ class PerPOModule(L.LightningModule):
     def _distributed(self) -> bool:
         trainer = getattr(self, "_trainer", None)
         return bool(trainer is not None and trainer.world_size > 1)
+
+    # ----- checkpoints: exact resume ----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Drop the frozen reference (rebuilt from the base on resume; it never changes) and keep
+        the RNG states: the next step's samples then equal those of an uninterrupted run."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        checkpoint["perpo"] = {"rng": rng_states(), "counters": dict(self.counters), "empty_steps": self._empty_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = self.state_dict()
+        checkpoint["state_dict"].update({k: v for k, v in state.items() if k.startswith("reference.")})
+        saved = checkpoint.get("perpo") or {}
+        self.counters.update(saved.get("counters", {}))
+        self._empty_steps = saved.get("empty_steps", 0)
+        # Restored at the first batch, not now: building the loaders in between draws random numbers.
+        self._rng_to_restore = saved.get("rng")
+
+    def on_train_batch_start(self, batch, batch_idx):
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng is not None:
+            set_rng_states(rng)
+            self._rng_to_restore = None
 
     # ----- validation: greedy decoding scored by the task's torchmetrics -----------------
     def validation_step(self, records, batch_idx):

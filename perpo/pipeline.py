@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -158,7 +159,7 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         val_check_interval=int(ws.val_every) if stop else None, check_val_every_n_epoch=None if stop else 1,
         limit_val_batches=None if stop else 0, enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
-    trainer.fit(module, RecordDataModule(splits["train"], splits.get("val"), batch_size=int(ws.batch_size)))
+    trainer.fit(module, RecordDataModule(splits["train"], splits.get("val"), batch_size=int(ws.batch_size), seed=int(cfg.seed)))
     atomic_save_pretrained(module.policy, processor, base)
     reached = trainer.callback_metrics.get(f"val/{stop.metric}") if stop else None
     log.info(
@@ -243,7 +244,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     test = splits[cfg.eval.split]
     results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
 
-    if cfg.eval.before:
+    from perpo.checkpointing import resume_path
+
+    ckpt = resume_path(out_dir, bool(cfg.get("resume", False)), cfg.get("ckpt_path"))
+    before_file = out_dir / "before.json"
+    if cfg.eval.before and ckpt and before_file.exists():  # resumed: the base was evaluated already
+        results.update(json.loads(before_file.read_text()))
+        log.info("resuming from %s; before (from %s): %s", ckpt, before_file.name, _fmt(results["before"]))
+    elif cfg.eval.before:
         results["before"] = evaluate(policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval before")
         if cfg.eval.image_check:
             results["before"].update(image_dependence(policy, processor, family, task, test, seed=int(cfg.seed)))
@@ -256,6 +264,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     results["before"]["nll_true_images"], results["before"]["nll_shuffled_images"],
                 )  # fmt: skip
         log.info("before: %s", _fmt(results["before"]))
+        if _is_rank_zero():
+            write_json_atomic(before_file, {k: results[k] for k in ("before", "base_uses_image") if k in results})
 
     module = PerPOModule(
         policy, processor, family, task, build_reward(cfg),
@@ -269,12 +279,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
         scoring=cfg.get("scoring", "auto"), stored_lists=stored is not None,
     )  # fmt: skip
-    trainer = instantiate(cfg.trainer, logger=build_logger(cfg), callbacks=[StepLog(10)])
+    trainer = instantiate(cfg.trainer, logger=build_logger(cfg), **_checkpointing(cfg, out_dir), callbacks=[
+        StepLog(10), *_checkpoint_callbacks(cfg, out_dir),
+    ])  # fmt: skip
     datamodule = RecordDataModule(
-        splits["train"], splits.get("val"), batch_size=int(cfg.data.batch_size), val_batch_size=cfg.eval.batch_size
-    )
+        splits["train"], splits.get("val"), batch_size=int(cfg.data.batch_size), val_batch_size=cfg.eval.batch_size,
+        seed=int(cfg.seed),
+    )  # fmt: skip
     start = time.time()
-    trainer.fit(module, datamodule)
+    try:
+        trainer.fit(module, datamodule, ckpt_path=ckpt)
+    except SIGTERMException:
+        from perpo.checkpointing import checkpoint_dir
+
+        log.warning(
+            "stopped by SIGTERM; continue with: python train.py <same overrides> hydra.run.dir=%s resume=true "
+            "(checkpoint %s)", out_dir, checkpoint_dir(out_dir) / "last.ckpt",
+        )  # fmt: skip
+        raise SystemExit(143) from None
     results["train_seconds"] = round(time.time() - start, 1)
     results["list_counters"] = dict(module.counters)
 
@@ -324,6 +346,44 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(out_dir / "eval.md", header + "\n\n" + "\n".join(table) + "\n")
     log.info("eval %s: %s", cfg.eval.split, _fmt(result))
     return report
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+
+
+_SHARDED = ("deepspeed", "fsdp")  # strategies with their own (sharded) checkpoint writers
+
+
+def _strategy_name(cfg: DictConfig) -> str:
+    strategy = cfg.trainer.get("strategy", "auto")
+    name = strategy.get("_target_", "") if hasattr(strategy, "get") else str(strategy)
+    return name.rsplit(".", 1)[-1].lower()
+
+
+def _checkpointing(cfg: DictConfig, out_dir: Path) -> dict:
+    """Trainer keyword arguments for checkpoints: atomic writes unless the strategy shards them."""
+    from perpo.checkpointing import AtomicCheckpointIO
+
+    ck = cfg.get("checkpoint") or {}
+    enabled = bool(ck.get("enabled", True))
+    kwargs: dict = {"enable_checkpointing": enabled}
+    if enabled and not any(s in _strategy_name(cfg) for s in _SHARDED):
+        kwargs["plugins"] = [AtomicCheckpointIO()]
+    return kwargs
+
+
+def _checkpoint_callbacks(cfg: DictConfig, out_dir: Path) -> list:
+    from perpo.checkpointing import SaveOnSigterm, checkpoint_dir, periodic_checkpoint
+
+    ck = cfg.get("checkpoint") or {}
+    if not ck.get("enabled", True):
+        return []
+    every = ck.get("every_n_steps")
+    return [
+        periodic_checkpoint(out_dir, int(every) if every else None, bool(ck.get("keep_all", False))),
+        SaveOnSigterm(checkpoint_dir(out_dir)),
+    ]
 
 
 def _device(cfg: DictConfig) -> str:
