@@ -22,10 +22,11 @@ def run_guarded(cfg: DictConfig, job: Callable[[DictConfig], Any]) -> Any:
     # heavy imports only once the config is valid
     from perpo.models.loading import ModelLoadError
     from perpo.checkpointing import ResumeError
+    from perpo.data.adapters import DataError
     from perpo.offline import ListsError
 
     try:
         return job(cfg)
-    except (ModelLoadError, ListsError, ResumeError) as err:
+    except (ModelLoadError, ListsError, ResumeError, DataError) as err:
         print(f"perpo: {err}", file=sys.stderr)
         sys.exit(2)

@@ -342,12 +342,22 @@ def load_lists(path: str | Path, *, need_ref: bool = False):
             f"reference=cached reads each answer's reference log-prob from the lists, but {path} has none: "
             "sample them with sample.ref_logps=true, or use reference=copy"
         )
-    sizes = sorted({len(a) for a in ds["rewards"]})
-    if len(sizes) != 1:
-        raise ListsError(f"data.lists={path}: lists of different sizes {sizes}; a batch needs one size N")
-    if sizes[0] < 2:
-        raise ListsError(f"data.lists={path}: lists of size {sizes[0]}; ranking needs N >= 2")
+    check_list_sizes(ds, f"data.lists={path}")
     return ds
+
+
+def check_list_sizes(ds, where: str) -> int:
+    """The one list size N of stored lists ``ds``; refuses mixed sizes (a batch is [B, N])."""
+    sizes: dict[int, list[str]] = {}
+    for row_id, rewards in zip(ds["id"], ds["rewards"]):
+        sizes.setdefault(len(rewards), []).append(row_id)
+    if len(sizes) != 1:
+        shown = "; ".join(f"N={n}: {len(ids)} lists (e.g. {ids[0]})" for n, ids in sorted(sizes.items()))
+        raise ListsError(f"{where}: lists of different sizes ({shown}); a batch needs one size N: keep one size")
+    (n,) = sizes
+    if n < 2:
+        raise ListsError(f"{where}: lists of size {n}; ranking needs N >= 2")
+    return n
 
 
 def _total_chunks(path: Path) -> int:

@@ -46,11 +46,29 @@ def task_spec(cfg: DictConfig) -> TaskSpec:
     return TaskSpec(cfg.task.name, cfg.task.instruction, int(cfg.task.max_new_tokens))
 
 
-def build_splits(cfg: DictConfig):
-    """Synthetic train/val/test records (disjoint seeds) for the configured task."""
+class Splits(dict):
+    """split name -> records; ``reports``: per split, the rows a data adapter skipped and why."""
+
+    reports: dict
+
+
+def build_splits(cfg: DictConfig) -> Splits:
+    """train/val/test records for the configured task: synthetic (disjoint seeds), or read by a
+    data adapter (``data.adapter``: RefCOCO, OCR pages, counting, the release's lists, your columns)."""
+    if cfg.data.get("adapter"):
+        from perpo.data.adapters import load_split
+
+        splits, reports = Splits(), {}
+        for name in cfg.data.splits:
+            splits[name], report = load_split(cfg.data, name, task=cfg.task.name)
+            reports[name] = {"total": report.total, "skipped": report.counts, "examples": report.examples}
+        splits.reports = reports
+        return splits
     sizes = OmegaConf.to_container(cfg.data.sizes)
     options = OmegaConf.to_container(cfg.task.generator)
-    return make_splits(cfg.task.name, sizes, seed=int(cfg.data.seed), **options)
+    splits = Splits(make_splits(cfg.task.name, sizes, seed=int(cfg.data.seed), **options))
+    splits.reports = {}
+    return splits
 
 
 def blank_where_asked(cfg: DictConfig, splits):
@@ -225,12 +243,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     task = task_spec(cfg)
     splits = build_splits(cfg)
+    reports = splits.reports
     base_path = prepare_base(cfg, splits)
     splits = blank_where_asked(cfg, splits)
 
     stored = _stored_lists(cfg, base_path)
     if stored is not None:  # offline PerPO: train on sample.py's lists, no sampling
         splits = {**splits, "train": stored}
+    # Lists read by a data adapter (the release's JSONL) train the same way as sample.py's.
+    offline = "answers" in splits["train"].column_names
+    if offline and stored is None:
+        from perpo.offline import check_list_sizes
+
+        check_list_sizes(splits["train"], f"data.path={cfg.data.get('path')} (train)")
 
     L.seed_everything(int(cfg.seed), verbose=False)
     policy, processor, family, splits = load_base(cfg, base_path, splits)
@@ -243,6 +268,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     test = splits[cfg.eval.split]
     results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
+    if reports:
+        results["data_skipped"] = reports
 
     from perpo.checkpointing import resume_path
 
@@ -277,7 +304,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ),
         optim=OptimConfig(**OmegaConf.to_container(cfg.optim)),
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
-        scoring=cfg.get("scoring", "auto"), stored_lists=stored is not None,
+        scoring=cfg.get("scoring", "auto"), stored_lists=offline,
     )  # fmt: skip
     trainer = instantiate(cfg.trainer, logger=build_logger(cfg), **_checkpointing(cfg, out_dir), callbacks=[
         StepLog(10), *_checkpoint_callbacks(cfg, out_dir),
