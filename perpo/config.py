@@ -152,14 +152,9 @@ def _trainer_problems(trainer):
                 f"trainer.accelerator={trainer.get('accelerator')} but torch {torch.__version__} sees no CUDA "
                 "device here; use trainer=cpu (or install a CUDA build of torch on a GPU machine)"
             )
-    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
-    if os.environ.get("PERPO_EXPERIMENTAL_DDP"):  # multi-process work in progress (issue 7)
-        return
-    if name not in ("auto", "single_device") or devices not in (1, "1") or nodes != 1:
+    if ("deepspeed" in name or "fsdp" in name) and not os.environ.get("PERPO_EXPERIMENTAL_SHARDED"):
         yield (
-            f"trainer.strategy={name} (devices={devices}, num_nodes={nodes}): multi-process training is not "
-            "validated by this version yet (per-rank sampling, zero-loss steps when a rank's lists are all dropped and rank-0 "
-            "writes are in, loss-curve parity and resume are not); use trainer=cpu or trainer=gpu (one device), or set "
-            "PERPO_EXPERIMENTAL_DDP=1 to run it anyway"
+            f"trainer.strategy={name}: sampling under sharded parameters (gathering them for generate) is not "
+            "validated by this version yet (no GPU to check it on); use trainer=ddp (one full copy per GPU), or set "
+            "PERPO_EXPERIMENTAL_SHARDED=1 to run it anyway"
         )
-

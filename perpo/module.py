@@ -29,7 +29,7 @@ from perpo.lists import keep_mask, score_lists
 from perpo.metrics import TaskMetrics
 from perpo.offline import read_stored_lists
 from perpo.reference import disable_dropout, make_reference
-from perpo.sampling import SamplingConfig, decode, generate
+from perpo.sampling import SamplingConfig, decode, generate, record_seed
 from perpo.scoring import answer_logps
 from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
 
@@ -196,6 +196,8 @@ class PerPOModule(L.LightningModule):
                 self.policy, self.processor, prompts, images,
                 num_return_sequences=self.lists.listsize, temperature=s.temperature,
                 top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                # each record's answers from its own seed: the same in any batch, rank or resumed run
+                row_seeds=[record_seed(s.seed, self.global_step, str(r["id"])) for r in records],
             )  # fmt: skip
             texts = [[decode(self.processor, ids) for ids in row] for row in answers]
             scored = score_lists(self.reward_fn, records, answers, texts)
@@ -227,7 +229,7 @@ class PerPOModule(L.LightningModule):
                 "train/pair_accuracy": (gap > 0).float().mean(),
                 "train/policy_minus_ref": margin.mean(),
             },
-            prog_bar=False, batch_size=len(kept),
+            prog_bar=False, batch_size=len(kept), sync_dist=self._distributed,  # mean over ranks
         )  # fmt: skip
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(kept))
         return loss
@@ -256,7 +258,7 @@ class PerPOModule(L.LightningModule):
                 "train/kept_fraction": keep.float().mean(),
                 "train/unparsed_fraction": (~scored.parsed).float().mean(),
             },
-            batch_size=n_lists,
+            batch_size=n_lists, sync_dist=self._distributed,
         )
         self.log("reward", scored.rewards.mean(), prog_bar=True, logger=False, batch_size=n_lists)
 

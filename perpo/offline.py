@@ -5,8 +5,9 @@ them, keep the lists with spread, store them; ``train.py data.lists=<dir>`` trai
             -> rewards -> keep best - worst >= min_margin -> [reference log-probs]
             -> <out>/data/chunk-00012.parquet + <out>/progress/chunk-00012.json
 
-Resumable by construction: chunk i always holds records [i*S, (i+1)*S) and samples them with
-its own seed (``seed`` and i), its parquet shard and then its progress file are written
+Resumable by construction: chunk i always holds records [i*S, (i+1)*S), each record's N answers
+are drawn from its own seed (``sample.seed`` and its id: ``perpo.sampling.record_seed``), and a
+chunk's parquet shard and then its progress file are written
 atomically (tmp + rename). A run killed at any moment and started again with the same command
 skips the chunks whose progress file exists and redoes the rest: no finished row is lost and
 none is written twice (a redone chunk overwrites its own shard with the same rows). Ranks take
@@ -51,11 +52,6 @@ class ListsError(ValueError):
 # ----- where chunks live --------------------------------------------------------------------
 def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
-
-
-def chunk_seed(seed: int, index: int) -> int:
-    """The sampling seed of chunk ``index``: a resumed chunk draws exactly what it drew before."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
 
 
 def my_chunks(num_records: int, chunk_size: int, rank: int, world_size: int) -> list[int]:
@@ -128,10 +124,9 @@ def sample_chunk(
 ) -> tuple[list[dict], dict]:
     """Sample, score and filter the lists of ``records``: (kept rows, this chunk's counts)."""
     from perpo.batching import encode_prefixes
-    from perpo.sampling import decode, generate
+    from perpo.sampling import decode, generate, record_seed
     from perpo.shared_prefix import batch_logps, build_batch
 
-    torch.manual_seed(seed)
     rows: list[dict] = []
     counts = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
     pad_id = processor.tokenizer.pad_token_id
@@ -142,6 +137,7 @@ def sample_chunk(
         answers = generate(
             model, processor, prompts, images, num_return_sequences=listsize,
             temperature=temperature, top_p=top_p, max_new_tokens=task.max_new_tokens,
+            row_seeds=[record_seed(seed, 0, str(r["id"])) for r in batch],  # any chunking, any rank: same lists
         )  # fmt: skip
         texts = [[decode(processor, ids) for ids in row] for row in answers]
         scored: ScoredLists = score_lists(reward_fn, batch, answers, texts)
@@ -294,7 +290,7 @@ def run_sampling(cfg: DictConfig) -> dict:
                 model, processor, family, task, reward_fn, records.select(range(lo, hi)),
                 listsize=int(cfg.listsize), min_margin=float(cfg.sample.min_margin),
                 temperature=float(cfg.sampling.temperature), top_p=float(cfg.sampling.top_p),
-                batch_size=int(cfg.sample.batch_size), seed=chunk_seed(int(cfg.sample.seed), index),
+                batch_size=int(cfg.sample.batch_size), seed=int(cfg.sample.seed),
                 ref_logps=bool(cfg.sample.ref_logps), layout=layout,
             )  # fmt: skip
             write_chunk(out_dir, index, rows, counts, task=task.name, ref_logps=bool(cfg.sample.ref_logps))

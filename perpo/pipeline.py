@@ -300,7 +300,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lists=ListConfig(
             listsize=int(cfg.listsize), min_margin=float(cfg.data.min_margin),
             max_empty_steps=int(cfg.data.max_empty_steps),
-            sampling=SamplingConfig(float(cfg.sampling.temperature), float(cfg.sampling.top_p), task.max_new_tokens),
+            sampling=SamplingConfig(
+                float(cfg.sampling.temperature), float(cfg.sampling.top_p), task.max_new_tokens, seed=int(cfg.seed)
+            ),
         ),
         optim=OptimConfig(**OmegaConf.to_container(cfg.optim)),
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),

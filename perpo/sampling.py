@@ -22,12 +22,14 @@ break the LLaVA forward pass when the answer is scored.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 
 @dataclass
@@ -35,6 +37,47 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 32
+    seed: int = 0  # with per-record seeds: what a record's answers are drawn from (see record_seed)
+
+
+def record_seed(seed: int, step: int, record_id: str) -> int:
+    """The sampling seed of one record at one training step: its N answers are drawn from it
+    alone, whatever batch, rank or process the record lands in (multi-process parity, resume)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class SeededSampler(LogitsProcessor):
+    """Sampling by the Gumbel-max trick with one RNG per row (returns the chosen token only).
+
+    argmax_v (log p_v + G_v), G_v ~ Gumbel(0, 1) i.i.d., is an exact sample of p (the Gumbel-max
+    trick). Each row b*N + k draws its noise from its own generator seeded by (row_seeds[b], k), so
+    a row's answer depends only on its record's seed -- not on the other rows of the batch, nor on
+    the global RNG. Temperature and top-p are applied first, as transformers' warpers do.
+    """
+
+    def __init__(self, row_seeds: Sequence[int], num_return_sequences: int, temperature: float, top_p: float):
+        self.generators = []
+        for seed in row_seeds:
+            for k in range(num_return_sequences):
+                g = torch.Generator()
+                g.manual_seed((seed * 1_000_003 + k) % (2**63 - 1))
+                self.generators.append(g)
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows to sample but {len(self.generators)} row seeds")
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        vocab = scores.shape[1]
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
+        choice = (torch.log_softmax(scores, dim=-1) + gumbel).argmax(dim=-1, keepdim=True)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, choice, 0.0)  # the chosen token gets probability 1
 
 
 def banned_token_ids(processor: Any, model: torch.nn.Module | None = None) -> list[int]:
@@ -131,6 +174,7 @@ def generate(
     top_p: float = 1.0,
     max_new_tokens: int = 32,
     prefill: str = "shared",
+    row_seeds: Sequence[int] | None = None,
 ) -> list[list[list[int]]]:
     """Completion token ids, ``out[b][k]`` for prompt b and sample k (greedy if not do_sample).
 
@@ -138,6 +182,8 @@ def generate(
     ``"expand"`` lets transformers repeat the inputs N times before the prefill (see the module
     docstring). "shared" silently becomes "expand" for families in
     :data:`SHARED_PREFILL_UNSUPPORTED`. Greedy decoding with N > 1 gives N identical rows.
+    ``row_seeds`` (one per prompt, e.g. :func:`record_seed`): each prompt's N samples come from
+    its own seed (:class:`SeededSampler`) instead of the global RNG.
     """
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill={prefill!r}; choose one of {PREFILL_MODES}")
@@ -155,7 +201,13 @@ def generate(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    if do_sample:
+    if do_sample and row_seeds is not None:
+        if len(row_seeds) != len(prompt_texts):
+            raise ValueError(f"{len(row_seeds)} row seeds for {len(prompt_texts)} prompts")
+        sampler = SeededSampler(row_seeds, num_return_sequences, temperature, top_p)
+        # transformers' own sampling step then only sees the one token the sampler chose (prob 1)
+        kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([sampler]))
+    elif do_sample:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

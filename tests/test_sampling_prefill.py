@@ -294,3 +294,62 @@ def test_family_shared_prefill_matches_expand(name, family_models, task, groundi
     assert samples["shared"] == samples["expand"]
     banned = set(banned_token_ids(processor, model))
     assert not banned & {t for row in samples["shared"] for ids in row for t in ids}
+
+
+# -- per-record seeds (SeededSampler: Gumbel-max with one RNG per row) ----------------------------
+
+
+def test_record_seeded_samples_do_not_depend_on_the_batch(tiny, processor, family, task, grounding_records):
+    """A record's N answers depend on its seed only: alone or beside others, shared or expanded
+    prefill, whatever the global RNG -- what makes multi-process runs and resumes exact."""
+    from perpo.sampling import record_seed
+
+    model, _ = tiny
+    texts, images = _prompts(family, task, grounding_records[:3])
+    seeds = [record_seed(1, 5, r["id"]) for r in grounding_records[:3]]
+    torch.manual_seed(0)
+    together = generate(model, processor, texts, images, num_return_sequences=4, max_new_tokens=6, row_seeds=seeds)
+    torch.manual_seed(99)
+    alone = generate(model, processor, texts[2:], images[2:], num_return_sequences=4, max_new_tokens=6, row_seeds=seeds[2:])
+    expand = generate(
+        model, processor, texts, images, num_return_sequences=4, max_new_tokens=6, row_seeds=seeds, prefill="expand"
+    )
+    assert together[2:] == alone and together == expand
+    other_step = [record_seed(1, 6, r["id"]) for r in grounding_records[:3]]
+    assert generate(model, processor, texts, images, num_return_sequences=4, max_new_tokens=6, row_seeds=other_step) != together
+    assert record_seed(1, 5, "a") == record_seed(1, 5, "a") != record_seed(1, 5, "b")
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.8)])
+def test_record_seeded_first_token_distribution_is_the_models(tiny, processor, family, task, grounding_records, temperature, top_p):
+    """Gumbel-max draws follow softmax(logits / T) restricted to the top-p nucleus: total variation
+    below the 99.9th percentile of exact multinomial draws of the same size (as above), and no
+    token outside the nucleus is ever drawn."""
+    from transformers import TopPLogitsWarper
+
+    model, _ = tiny
+    texts, images = _prompts(family, task, grounding_records[:1])
+    n = 256
+    out = generate(
+        model, processor, texts, images, num_return_sequences=n, max_new_tokens=1, temperature=temperature,
+        top_p=top_p, row_seeds=[12345],
+    )  # fmt: skip
+    banned = banned_token_ids(processor, model)
+    vocab = model.config.text_config.vocab_size
+    enc = processor(images=[[images[0]]], text=[texts[0]], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0, -1].double()
+    logits[banned] = float("-inf")
+    logits = logits / temperature
+    if top_p < 1:
+        logits = TopPLogitsWarper(top_p)(None, logits[None].float())[0].double()
+    p = torch.softmax(logits, -1)
+    drawn = torch.tensor([ids[0] for ids in out[0]])
+    assert (p[drawn] > 0).all()  # nothing outside the nucleus, nothing banned
+    counts = torch.bincount(drawn, minlength=vocab).double()
+    tvd = 0.5 * (counts / n - p).abs().sum().item()
+    g = torch.Generator().manual_seed(0)
+    null = torch.multinomial(p.float().expand(2000, -1), n, replacement=True, generator=g)
+    null_counts = torch.zeros(2000, vocab, dtype=torch.float64).scatter_add_(1, null, torch.ones_like(null, dtype=torch.float64))
+    threshold = torch.quantile(0.5 * (null_counts / n - p).abs().sum(1), 0.999).item()
+    assert tvd < threshold, (tvd, threshold)

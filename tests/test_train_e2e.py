@@ -453,7 +453,7 @@ def test_training_on_blank_images_runs(cache, first_run):
     assert read_results(run_dir)["config"]["data"]["blank_image"] is True
 
 
-# -- 10. multi-process (experimental, behind PERPO_EXPERIMENTAL_DDP) ----------------------------------
+# -- 10. multi-process (trainer=ddp_sim; loss-curve parity: tests/test_ddp.py) ---------------------------
 
 
 def test_ddp_sim_two_cpu_processes_train_and_rank_zero_writes(cache, first_run):
@@ -462,7 +462,7 @@ def test_ddp_sim_two_cpu_processes_train_and_rank_zero_writes(cache, first_run):
     run_dir = cache.parent / "ddp_sim"
     proc, _ = train(
         f"hydra.run.dir={run_dir}", "trainer=ddp_sim", "trainer.max_steps=2", "data.min_margin=1.0",
-        cache=cache, env={"PERPO_EXPERIMENTAL_DDP": "1"},
+        cache=cache,
     )  # fmt: skip
     text = log_text(proc, run_dir)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text

@@ -1,0 +1,85 @@
+"""trainer=ddp_sim (2 CPU processes over gloo) follows the same loss curve as one process with the
+same global batch.
+
+Why it can: the data order is global batches of one seeded permutation, each rank taking its
+slice (perpo.datamodule.GlobalBatchSampler); each record's N answers come from its own seed
+(perpo.sampling.record_seed), so they do not depend on the rank; DDP averages the two ranks'
+gradients of their mean list losses, which equals the gradient of the mean over the global batch
+when both ranks keep all their lists (a user reward that spreads every list guarantees it here);
+logged train metrics are averaged over ranks (sync_dist). What differs is float rounding of
+other batch shapes, hence the tolerance.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+BUDGET = [
+    "warmstart.steps=30", "warmstart.batch_size=16", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
+    "data.sizes.train=32", "data.sizes.val=4", "data.sizes.test=8", "listsize=4", "data.min_margin=0.0",
+    "data.max_empty_steps=1000", "eval.batch_size=8", "optim.lr=1e-3", "eval.image_check=false",
+    "+reward.fn._target_=tests.user_rewards.length_reward", f"trainer.max_steps={STEPS}",
+    "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1", "checkpoint.enabled=false",
+]  # fmt: skip
+
+
+def _train(cache: Path, run_dir: Path, *overrides: str) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *BUDGET, *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return time.perf_counter() - start
+
+
+def _curve(run_dir: Path, key: str) -> list[float]:
+    with (run_dir / "csv" / "version_0" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get(key)]
+    return [float(r[key]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    cache = root / "cache"
+    _train(cache, root / "warm", "trainer.max_steps=1")  # the SFT base, cached for both runs below
+    one = _train(cache, root / "one", "data.batch_size=4")
+    two = _train(cache, root / "two", "data.batch_size=2", "trainer=ddp_sim")
+    return root, one, two
+
+
+def test_ddp_sim_follows_the_single_process_loss_curve(runs):
+    root, one_s, two_s = runs
+    for key in ("train/loss", "train/reward_mean", "train/pair_accuracy"):
+        single, ddp = _curve(root / "one", key), _curve(root / "two", key)
+        assert len(single) == len(ddp) == STEPS, (key, single, ddp)
+        assert ddp == pytest.approx(single, abs=2e-4), key
+    losses = _curve(root / "one", "train/loss")
+    assert len(set(losses)) > 1  # the policy moved: not a flat curve compared with itself
+    print(f"step time ratio ddp_sim / one process (whole run, incl. start-up): {two_s / one_s:.2f}")
+
+
+def test_ddp_sim_final_weights_match_the_single_process(runs):
+    import torch
+    from safetensors.torch import load_file
+
+    root, _, _ = runs
+    one = load_file(next((root / "one" / "model").glob("*.safetensors")))
+    two = load_file(next((root / "two" / "model").glob("*.safetensors")))
+    assert one.keys() == two.keys()
+    largest = max((one[k] - two[k]).abs().max().item() for k in one)
+    moved = max((one[k] - load_file(next((root / "warm" / "model").glob("*.safetensors")))[k]).abs().max().item() for k in one)
+    assert largest < 1e-4 < moved, (largest, moved)
+    assert not torch.isnan(torch.tensor(largest))
