@@ -66,9 +66,12 @@ def _problems(cfg: DictConfig):
         yield f"sampling.temperature={cfg.sampling.temperature}: must be > 0 (lists need diverse samples)"
     if not 0 < cfg.sampling.top_p <= 1:
         yield f"sampling.top_p={cfg.sampling.top_p}: must lie in (0, 1]"
-    max_steps = cfg.trainer.get("max_steps", -1)
-    if max_steps is None or max_steps <= 0:
-        yield f"trainer.max_steps={max_steps}: online PerPO runs by steps; set trainer.max_steps to a positive number"
+    max_steps, max_epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")
+    if (max_steps is None or max_steps <= 0) and not (isinstance(max_epochs, int) and max_epochs > 0):
+        yield (
+            f"trainer.max_steps={max_steps}, trainer.max_epochs={max_epochs}: set a positive trainer.max_steps, "
+            "or trainer.max_steps=-1 with trainer.max_epochs (e.g. 1, the paper's single epoch)"
+        )
     if cfg.warmstart.enabled and cfg.warmstart.steps <= 0:
         yield f"warmstart.steps={cfg.warmstart.steps}: must be > 0, or warmstart.enabled=false"
     if cfg.get("scoring", "auto") not in ("auto", "shared", "naive"):

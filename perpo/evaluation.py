@@ -90,3 +90,44 @@ def image_dependence(
             totals[name][1] += int(lp.num_tokens.sum())
     model.train(was_training)
     return {f"nll_{k}_images": v[0] / max(v[1], 1) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def best_of_n(
+    model: torch.nn.Module,
+    processor: Any,
+    family: ChatFamily,
+    task: TaskSpec,
+    records: Sequence,
+    reward_fn,
+    *,
+    n: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    threshold: float | None = None,
+) -> dict[str, float]:
+    """The best-of-N oracle: sample N answers per record, keep the best by the task reward.
+
+    ``best_of_n_reward``: mean over records of the best reward; with ``threshold`` (grounding's
+    IoU 0.5) also ``best_of_n_acc@<threshold>``: the fraction whose best answer reaches it -- the
+    paper's list-size figure plots this against N (what a perfect picker of the model's own
+    samples would score). Each record's samples come from its own seed.
+    """
+    from perpo.lists import score_lists
+    from perpo.sampling import decode, generate, record_seed
+
+    best: list[float] = []
+    for batch in _batches(records, batch_size):
+        prompts = [family.prompt_text(r, task) for r in batch]
+        answers = generate(
+            model, processor, prompts, [r["image"] for r in batch], num_return_sequences=n, temperature=temperature,
+            top_p=top_p, max_new_tokens=task.max_new_tokens, row_seeds=[record_seed(seed, -1, str(r["id"])) for r in batch],
+        )  # fmt: skip
+        texts = [[decode(processor, ids) for ids in row] for row in answers]
+        best += score_lists(reward_fn, batch, answers, texts).rewards.max(dim=1).values.tolist()
+    out = {"best_of_n_reward": sum(best) / max(len(best), 1), "best_of_n_size": float(n)}
+    if threshold is not None:
+        out[f"best_of_n_acc@{threshold}"] = sum(b >= threshold for b in best) / max(len(best), 1)
+    return out

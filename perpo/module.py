@@ -13,6 +13,7 @@ and the SFT baseline use this same module).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
@@ -177,6 +178,8 @@ class PerPOModule(L.LightningModule):
         self.reference = None if loss == "sft" else make_reference(reference, policy)
         self.val_metrics = TaskMetrics(task.name, box_format=family.box_format_name)
         self._empty_steps = 0
+        self.recent_lists: list | None = None
+        self.reward_history: deque[float] = deque(maxlen=20_000)  # since the last histogram
         self.counters = {"lists_seen": 0, "lists_kept": 0, "answers": 0, "unparsed": 0, "degenerate": 0}
 
     # ----- the training step, top to bottom ---------------------------------------------
@@ -203,6 +206,9 @@ class PerPOModule(L.LightningModule):
             scored = score_lists(self.reward_fn, records, answers, texts)
         keep = keep_mask(scored, self.lists.min_margin)
         self._log_lists(scored, keep)
+        # for the samples table and reward histogram (perpo.callbacks.ListSamples)
+        self.recent_lists = list(zip(records, scored.texts, scored.rewards.tolist(), keep.tolist()))
+        self.reward_history.extend(scored.rewards.flatten().tolist())
         if not keep.any():
             return self._no_lists_kept()
         self._empty_steps = 0
@@ -323,7 +329,8 @@ class PerPOModule(L.LightningModule):
         o = self.optim
         groups = param_groups(self.policy, lr=o.lr, projector_lr=o.projector_lr, vision_lr=o.vision_lr)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 1000
+        # the schedule's length: max_steps, or the steps of max_epochs over this rank's batches
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -22,10 +22,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from perpo.callbacks import StepLog
+from perpo.callbacks import ListSamples, StepLog
 from perpo.data import make_splits
 from perpo.datamodule import RecordDataModule
-from perpo.evaluation import evaluate, image_dependence
+from perpo.evaluation import best_of_n, evaluate, image_dependence
 from perpo.families import ChatFamily, TaskSpec
 from perpo.models.loading import atomic_save_pretrained, ensure_tiny, load_model
 from perpo.models.lora import export_policy
@@ -290,6 +290,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "(the paper's image-unconditional case); train the base longer (warmstart.steps).",
                     results["before"]["nll_true_images"], results["before"]["nll_shuffled_images"],
                 )  # fmt: skip
+        if cfg.eval.get("best_of_n"):  # the oracle line of the paper's list-size figure
+            results["before"].update(
+                best_of_n(
+                    policy, processor, family, task, test, build_reward(cfg), n=int(cfg.listsize),
+                    temperature=float(cfg.sampling.temperature), top_p=float(cfg.sampling.top_p), seed=int(cfg.seed),
+                    threshold=0.5 if task.name == "grounding" else None,
+                )
+            )  # fmt: skip
         log.info("before: %s", _fmt(results["before"]))
         if _is_rank_zero():
             write_json_atomic(before_file, {k: results[k] for k in ("before", "base_uses_image") if k in results})
@@ -308,8 +316,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         reference=cfg.reference, length_normalize=bool(cfg.loss.get("length_normalize", False)),
         scoring=cfg.get("scoring", "auto"), stored_lists=offline,
     )  # fmt: skip
-    trainer = instantiate(cfg.trainer, logger=build_logger(cfg), **_checkpointing(cfg, out_dir), callbacks=[
-        StepLog(10), *_checkpoint_callbacks(cfg, out_dir),
+    logger = build_logger(cfg)
+    if logger:  # the composed config, as the run's hyper-parameters (W&B config, TensorBoard hparams, CSV hparams.yaml)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = instantiate(cfg.trainer, logger=logger, **_checkpointing(cfg, out_dir), callbacks=[
+        StepLog(10), ListSamples(), *_checkpoint_callbacks(cfg, out_dir),
     ])  # fmt: skip
     datamodule = RecordDataModule(
         splits["train"], splits.get("val"), batch_size=int(cfg.data.batch_size), val_batch_size=cfg.eval.batch_size,
@@ -335,12 +346,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     if not trainer.is_global_zero:  # multi-process: one writer, rank 0
         return results
+    _log_evaluations(logger, results, trainer.global_step)
     write_json_atomic(out_dir / "results.json", results)
     if cfg.save_model:
         merge = not lora_on or lora.get("save", "merged") == "merged"
         export_policy(module.policy, out_dir / "model", merge=merge, processor=processor, inplace=True)
     print_table(results)
     return results
+
+
+def _log_evaluations(logger, results: dict, step: int) -> None:
+    """The before/after evaluation metrics to the logger, then close a W&B run: the next job of a
+    multirun (same process) starts its own run."""
+    if not logger:
+        return
+    metrics = {f"eval_{when}/{k}": float(v) for when in ("before", "after") for k, v in (results.get(when) or {}).items()
+               if isinstance(v, (int, float))}  # fmt: skip
+    if metrics:
+        logger.log_metrics(metrics, step=step)
+    logger.finalize("success")
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
 
 
 def evaluate_only(cfg: DictConfig) -> dict[str, Any]:

@@ -259,8 +259,11 @@ def test_every_task_and_the_other_loggers_run_end_to_end(cache, tmp_path):
 # -- 7. logger=wandb offline, no login ----------------------------------------------------------
 
 
-def test_wandb_logger_offline(cache, first_run, tmp_path):
-    run_dir = tmp_path / "run"
+def test_multirun_with_a_failing_job_and_wandb_offline(cache, first_run, tmp_path):
+    """A 4-job multirun with W&B offline where job 2 is invalid (beta=-1): the other 3 finish,
+    each with its own W&B run holding the samples table, the drawn sample images and the reward
+    histogram; the sweep summary lists 3 finished and the failed job with its reason; no login."""
+    sweep_dir = tmp_path / "sweep"
     wandb_dir = tmp_path / "wandb-dir"
     wandb_dir.mkdir()
     env = {
@@ -270,15 +273,28 @@ def test_wandb_logger_offline(cache, first_run, tmp_path):
         "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
         "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
         "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
     }
-    proc, _ = train(
-        f"hydra.run.dir={run_dir}", "logger=wandb", "trainer.max_steps=1", "trainer.val_check_interval=1",
-        "eval.before=false", "eval.after=false", "save_model=false", cache=cache, env=env,
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", f"paths.cache_dir={cache}", *TINY_BUDGET, f"hydra.sweep.dir={sweep_dir}",
+         "logger=wandb", "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.after=false", "save_model=false",
+         "eval.image_check=false", "beta=0.1,0.2,-1,0.3"],
+        cwd=REPO, env={**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **env},
+        capture_output=True, text=True, timeout=500,
     )  # fmt: skip
-    results = read_results(run_dir)
-    assert results["config"]["logger"]["_target_"].endswith("WandbLogger")
-    offline_runs = list(run_dir.rglob("offline-run-*")) + list(wandb_dir.rglob("offline-run-*"))
-    assert offline_runs, "no wandb offline run folder was written"
+    assert proc.returncode == 1  # Hydra reports the failed job once all jobs have run
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert [j["status"] for j in summary] == ["finished", "finished", "failed", "finished"]
+    assert "beta=-1: beta must be > 0" in summary[2]["error"]
+    assert "sweep: 3 finished, 1 failed" in (sweep_dir / "sweep_summary.md").read_text()
+    runs = sorted(sweep_dir.rglob("offline-run-*"))
+    assert len(runs) == 3, runs  # one W&B run per finished job
+    for run in runs:
+        assert list(run.rglob("samples/lists_*.table.json")), f"no samples table in {run}"
+        assert list(run.rglob("media/images/samples/images_*.png")), f"no sample images in {run}"
+    table = json.loads(next(runs[0].rglob("samples/lists_*.table.json")).read_text())
+    assert table["columns"] == ["id", "image", "prompt", "target", "answers", "rewards", "best", "kept"]
+    assert len(table["data"]) == 4 and all(len(row[5]) == 4 for row in table["data"])  # 4 lists of N=4 rewards
     assert "wandb login" not in proc.stderr.lower()
 
 
