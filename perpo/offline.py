@@ -121,6 +121,7 @@ def sample_chunk(
     seed: int,
     ref_logps: bool,
     layout: str = "naive",
+    engine: Any = None,
 ) -> tuple[list[dict], dict]:
     """Sample, score and filter the lists of ``records``: (kept rows, this chunk's counts)."""
     from perpo.batching import encode_prefixes
@@ -134,11 +135,15 @@ def sample_chunk(
         batch = [records[i] for i in range(start, min(start + batch_size, len(records)))]
         prompts = [family.prompt_text(r, task) for r in batch]
         images = [r["image"] for r in batch]
-        answers = generate(
-            model, processor, prompts, images, num_return_sequences=listsize,
-            temperature=temperature, top_p=top_p, max_new_tokens=task.max_new_tokens,
-            row_seeds=[record_seed(seed, 0, str(r["id"])) for r in batch],  # any chunking, any rank: same lists
+        seeds = [record_seed(seed, 0, str(r["id"])) for r in batch]  # any chunking, any rank: same lists
+        options = dict(
+            num_return_sequences=listsize, temperature=temperature, top_p=top_p,
+            max_new_tokens=task.max_new_tokens, row_seeds=seeds,
         )  # fmt: skip
+        if engine is None:
+            answers = generate(model, processor, prompts, images, **options)
+        else:  # perpo.engines.VLLMEngine on GPUs
+            answers = engine.generate(prompts, images, **options)
         texts = [[decode(processor, ids) for ids in row] for row in answers]
         scored: ScoredLists = score_lists(reward_fn, batch, answers, texts)
         keep = keep_mask(scored, min_margin)
@@ -280,6 +285,11 @@ def run_sampling(cfg: DictConfig) -> dict:
 
         disable_dropout(model)
         layout = resolve_layout(cfg.get("scoring", "auto"), model, processor)
+        engine = None
+        if cfg.sample.get("engine", "transformers") == "vllm":
+            from perpo.engines import VLLMEngine
+
+            engine = VLLMEngine(base_path, dtype=str(cfg.model.dtype))
         rows_done = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine if i in done)
         rows_mine = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine)
         bar = tqdm(total=rows_mine, initial=rows_done, unit="rows", desc=f"sample N={cfg.listsize}", dynamic_ncols=True)
@@ -291,7 +301,7 @@ def run_sampling(cfg: DictConfig) -> dict:
                 listsize=int(cfg.listsize), min_margin=float(cfg.sample.min_margin),
                 temperature=float(cfg.sampling.temperature), top_p=float(cfg.sampling.top_p),
                 batch_size=int(cfg.sample.batch_size), seed=int(cfg.sample.seed),
-                ref_logps=bool(cfg.sample.ref_logps), layout=layout,
+                ref_logps=bool(cfg.sample.ref_logps), layout=layout, engine=engine,
             )  # fmt: skip
             write_chunk(out_dir, index, rows, counts, task=task.name, ref_logps=bool(cfg.sample.ref_logps))
             bar.update(hi - lo)

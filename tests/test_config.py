@@ -220,6 +220,11 @@ def test_explicit_reward_wins_over_the_task_default_in_either_order():
         (("warmstart.steps=0",), ("warmstart.steps", "warmstart.enabled=false")),
         (("eval.split=dev",), ("eval.split",)),
         (("loss.name=orpo",), ("loss=orpo",)),
+        (("reference=cached",), ("reference=cached", "data.lists=")),
+        (("reference=frozen",), ("reference=frozen", "copy, adapter_off or cached")),
+        (("sample.engine=sglang",), ("sample.engine=sglang", "transformers or vllm")),
+        (("sample.chunk_size=0",), ("sample.chunk_size",)),
+        (("sample.rank=2", "sample.world_size=2"), ("sample.rank=2",)),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) and "=" in v[0] else None,
 )
@@ -356,3 +361,17 @@ def test_cli_unloadable_checkpoint_exits_2_naming_model_path(tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"model.path='{env_path}' could not be loaded" in proc.stderr
     assert "set model.path=<dir>" in proc.stderr
+
+
+def test_vllm_engine_without_vllm_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    message = problems_of("sample.engine=vllm")
+    assert "sample.engine=vllm needs vLLM" in message and "sample.engine=transformers" in message
+
+
+def test_sharded_strategies_are_refused_until_checked_on_a_gpu():
+    message = problems_of("trainer=deepspeed_zero3")
+    assert "PERPO_EXPERIMENTAL_SHARDED=1" in message and "trainer=ddp" in message

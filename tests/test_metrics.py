@@ -58,12 +58,16 @@ def test_ocr_hand_values():
     m = TaskMetrics("ocr")
     m.update(["the cat sat", ""], [{"target": "the cat sat on"}, {"target": "hi"}])
     out = m.compute()
-    assert set(out) == {"edit_distance", "precision", "recall", "f1", "bleu"}
+    assert set(out) == {"edit_distance", "precision", "recall", "f1", "meteor", "bleu"}
     # item 1: 3 edits / 14 chars; item 2: empty vs "hi" -> 1
     assert out["edit_distance"] == pytest.approx((3 / 14 + 1) / 2)
     assert out["precision"] == pytest.approx((1 + 0) / 2)
     assert out["recall"] == pytest.approx((3 / 4 + 0) / 2)
     assert out["f1"] == pytest.approx((2 * 0.75 / 1.75 + 0) / 2)
+    # METEOR item 1: m = 3, P = 1, R = 3/4, F = 0.75 / (0.9 + 0.1 * 0.75), one chunk ->
+    # penalty 0.5 * (1/3)^3; item 2: empty prediction -> 0
+    f = 0.75 / (0.9 + 0.075)
+    assert out["meteor"] == pytest.approx((f * (1 - 0.5 / 27) + 0) / 2)
     # BLEU: predictions have only orders 1-3 (no 4-gram) -> BLEU-3; all matched -> geometric
     # mean 1; c = 3 words, r = 4 + 1 (closest reference lengths) -> BP = exp(1 - 5/3)
     assert out["bleu"] == pytest.approx(math.exp(1 - 5 / 3))
@@ -148,3 +152,17 @@ def test_reset_and_empty(task):
 def test_length_mismatch_raises():
     with pytest.raises(ValueError):
         TaskMetrics("counting").update(["1"], [])
+
+
+def test_meteor_edge_cases_by_hand():
+    from perpo.metrics import meteor
+
+    # all words matched in one chunk: F = 1, penalty 0.5 * (1/2)^3 = 0.0625 (METEOR's known quirk)
+    assert meteor("a b", "a b") == pytest.approx(0.9375)
+    # "sat the cat" vs "the cat sat": 3 matches in 2 chunks -> 1 - 0.5 * (2/3)^3
+    assert meteor("sat the cat", "the cat sat") == pytest.approx(1 - 0.5 * (2 / 3) ** 3)
+    # repeated words match one to one: "the the" vs "the": m = 1, P = 1/2, R = 1
+    # F = 0.5 / (0.45 + 0.1) = 0.90909, penalty 0.5 -> 0.45455
+    assert meteor("the the", "the") == pytest.approx((0.5 / 0.55) * 0.5)
+    assert meteor("", "") == 1.0 and meteor("", "x") == 0.0 and meteor("x", "") == 0.0
+    assert meteor("a", "b") == 0.0
