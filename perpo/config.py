@@ -102,8 +102,9 @@ def _problems(cfg: DictConfig):
     if lora_on and lora.get("save", "merged") not in ("merged", "adapter"):
         yield f"model.lora.save={lora.get('save')}: choose merged or adapter"
     yield from _trainer_problems(cfg.trainer)
-    named = cfg.data.splits if cfg.data.get("adapter") else cfg.data.sizes
-    if cfg.eval.split not in named:
+    # with a data adapter eval.split may name a split of the source itself (checked when read)
+    named = cfg.data.sizes
+    if not cfg.data.get("adapter") and cfg.eval.split not in named:
         yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(named)}"
 
 

@@ -47,7 +47,8 @@ def evaluate(
     desc: str = "evaluate",
     return_predictions: bool = False,
 ) -> dict[str, Any]:
-    metrics = TaskMetrics(task.name, box_format=family.box_format_name)
+    # the whole set in this process: no sum over ranks (rank 0 evaluates alone after training)
+    metrics = TaskMetrics(task.name, box_format=family.box_format_name, sync_on_compute=False)
     predictions = []
     with tqdm(total=len(records), desc=desc, unit="item", dynamic_ncols=True) as bar:
         for batch in _batches(records, batch_size):

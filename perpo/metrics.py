@@ -259,19 +259,21 @@ class TaskMetrics:
     {'accuracy': 0.5, 'mae': 0.5, 'parse_rate': 1.0}
     """
 
-    def __init__(self, task: str, box_format: str = "norm2"):
+    def __init__(self, task: str, box_format: str = "norm2", *, sync_on_compute: bool = True):
+        """``sync_on_compute=False``: one process scores the whole set (no sum over ranks)."""
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
         self.task = task
         self.box_format = box_format
         self._bleu: ShortTextBLEUScore | None = None
+        sync = {"sync_on_compute": sync_on_compute}
         if task == "grounding":
-            self._main: torchmetrics.Metric = GroundingMetric(box_format=box_format)
+            self._main: torchmetrics.Metric = GroundingMetric(box_format=box_format, **sync)
         elif task == "ocr":
-            self._main = OCRMetric()
-            self._bleu = ShortTextBLEUScore()
+            self._main = OCRMetric(**sync)
+            self._bleu = ShortTextBLEUScore(**sync)
         else:
-            self._main = CountingMetric()
+            self._main = CountingMetric(**sync)
 
     @property
     def metrics(self) -> list[torchmetrics.Metric]:

@@ -259,7 +259,8 @@ class PerPOModule(L.LightningModule):
         self.log_dict(
             {
                 "train/reward_mean": scored.rewards.mean(),
-                "train/reward_best": scored.rewards.max(1).values.mean(),
+                "train/reward_best": scored.rewards.max(1).values.mean(),  # the best-of-N oracle of this step
+                "train/reward_worst": scored.rewards.min(1).values.mean(),
                 "train/reward_spread": scored.spread.mean(),
                 "train/kept_fraction": keep.float().mean(),
                 "train/unparsed_fraction": (~scored.parsed).float().mean(),
@@ -289,6 +290,14 @@ class PerPOModule(L.LightningModule):
     def _distributed(self) -> bool:
         trainer = getattr(self, "_trainer", None)
         return bool(trainer is not None and trainer.world_size > 1)
+
+    def on_train_end(self):
+        """Multi-process: list counters summed over ranks (each rank counted its own lists)."""
+        if self._distributed:
+            keys = list(self.counters)
+            local = torch.tensor([float(self.counters[k]) for k in keys], dtype=torch.float64, device=self.device)
+            total = self.trainer.strategy.reduce(local, reduce_op="sum")
+            self.counters = {k: int(v) for k, v in zip(keys, total.tolist())}
 
     # ----- checkpoints: exact resume ----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -52,15 +52,21 @@ class Splits(dict):
     reports: dict
 
 
-def build_splits(cfg: DictConfig) -> Splits:
+def build_splits(cfg: DictConfig, only: list[str] | None = None) -> Splits:
     """train/val/test records for the configured task: synthetic (disjoint seeds), or read by a
-    data adapter (``data.adapter``: RefCOCO, OCR pages, counting, the release's lists, your columns)."""
+    data adapter (``data.adapter``: RefCOCO, OCR pages, counting, the release's lists, your columns).
+
+    With an adapter, ``eval.split`` may also name a split of the source itself
+    (``evaluate.py data=refcoco eval.split=testB``); ``only`` reads just those splits."""
     if cfg.data.get("adapter"):
         from perpo.data.adapters import load_split
 
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        if cfg.eval.split not in data["splits"]:  # a split of the source, read as it is named
+            data["splits"][cfg.eval.split] = cfg.eval.split
         splits, reports = Splits(), {}
-        for name in cfg.data.splits:
-            splits[name], report = load_split(cfg.data, name, task=cfg.task.name)
+        for name in only or data["splits"]:
+            splits[name], report = load_split(data, name, task=cfg.task.name)
             reports[name] = {"total": report.total, "skipped": report.counts, "examples": report.examples}
         splits.reports = reports
         return splits
@@ -265,7 +271,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if lora_on:  # LoRA's B matrices start at zero: the policy is unchanged at init
         policy = _apply_lora(policy, lora)
     if cfg.model.get("gradient_checkpointing"):  # trade compute for activation memory
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(policy)
     test = splits[cfg.eval.split]
     results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
     if reports:
@@ -278,7 +284,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.before and ckpt and before_file.exists():  # resumed: the base was evaluated already
         results.update(json.loads(before_file.read_text()))
         log.info("resuming from %s; before (from %s): %s", ckpt, before_file.name, _fmt(results["before"]))
-    elif cfg.eval.before:
+    elif cfg.eval.before and _is_rank_zero():  # other ranks (DDP children) go straight to training
         results["before"] = evaluate(policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval before")
         if cfg.eval.image_check:
             results["before"].update(image_dependence(policy, processor, family, task, test, seed=int(cfg.seed)))
@@ -340,7 +346,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["train_seconds"] = round(time.time() - start, 1)
     results["list_counters"] = dict(module.counters)
 
-    if cfg.eval.after:
+    if cfg.eval.after and trainer.is_global_zero:
         results["after"] = evaluate(module.policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after")
         log.info("after: %s", _fmt(results["after"]))
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -376,8 +382,10 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     predictions.jsonl, all in the run directory (written atomically)."""
     out_dir = Path(cfg.paths.output_dir)
     task = task_spec(cfg)
-    splits = build_splits(cfg)
     checkpoint = cfg.eval.get("checkpoint")
+    needs_base = not checkpoint and cfg.warmstart.enabled  # the SFT warm start reads train and val
+    splits = build_splits(cfg, only=None if needs_base else [cfg.eval.split])
+    reports = splits.reports
     path = Path(checkpoint) if checkpoint else prepare_base(cfg, splits)
     splits = blank_where_asked(cfg, splits)
     model, processor, family, splits = load_base(cfg, path, splits)
@@ -393,6 +401,7 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     report = {
         "task": task.name, "split": cfg.eval.split, "num_records": len(records), "checkpoint": str(path),
         "blank_image": bool(cfg.eval.get("blank_image")), "metrics": result,
+        **({"data_skipped": reports.get(cfg.eval.split)} if reports else {}),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }  # fmt: skip
     write_json_atomic(out_dir / "eval.json", report)
@@ -468,6 +477,14 @@ def _apply_lora(policy, lora: DictConfig):
         vision_trainable=bool(lora.get("vision_trainable", False)),
         projector_trainable=bool(lora.get("projector_trainable", True)),
     )  # fmt: skip
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (transformers >= 5 names it activation checkpointing)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # older transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _uses_image(metrics: dict, min_gain: float = 0.02) -> bool:

@@ -133,3 +133,29 @@ def test_release_lists_train_as_they_are(release_files, user_files, tmp_path):
     assert counters["unparsed"] == 0  # every stored answer is a box
     assert counters["lists_kept"] == 8  # every list spreads: IoU 1.0 best vs ~0 worst
     assert results["data_skipped"]["train"] == {"total": 16, "skipped": {}, "examples": {}}
+
+
+def test_evaluate_on_a_source_split_by_its_own_name(tmp_path):
+    """``evaluate.py data=refcoco eval.split=testB``: a split of the source, not one of ours, is
+    read on its own (the other splits are not loaded) and scored; skipped rows are reported."""
+    from test_adapters import write_refcoco
+
+    from perpo.models.loading import ensure_tiny
+
+    root = write_refcoco(tmp_path / "refcoco", splits=("testB",))  # no val / testA files at all
+    checkpoint = ensure_tiny(tmp_path / "tiny")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", "data=refcoco", f"data.path={root}", "eval.split=testB",
+         f"eval.checkpoint={checkpoint}", f"hydra.run.dir={out}", "eval.image_check=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = json.loads((out / "eval.json").read_text())
+    # 6 source rows -> 8 expressions (100 has 2, 105 has 2); 4 skipped: degenerate (102),
+    # outside (103), unreadable (104), empty expression (105-1); 101 is clipped and kept
+    assert report["split"] == "testB" and report["num_records"] == 4
+    assert set(report["metrics"]) >= {"acc@0.5", "miou", "parse_rate"}
+    assert report["data_skipped"]["total"] == 8 and sum(report["data_skipped"]["skipped"].values()) == 4

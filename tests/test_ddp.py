@@ -66,6 +66,11 @@ def test_ddp_sim_follows_the_single_process_loss_curve(runs):
         single, ddp = _curve(root / "one", key), _curve(root / "two", key)
         assert len(single) == len(ddp) == STEPS, (key, single, ddp)
         assert ddp == pytest.approx(single, abs=2e-4), key
+    import json
+
+    one, two = (json.loads((root / d / "results.json").read_text()) for d in ("one", "two"))
+    assert two["list_counters"] == one["list_counters"]  # summed over the two ranks
+    assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125
     losses = _curve(root / "one", "train/loss")
     assert len(set(losses)) > 1  # the policy moved: not a flat curve compared with itself
     print(f"step time ratio ddp_sim / one process (whole run, incl. start-up): {two_s / one_s:.2f}")

@@ -312,3 +312,22 @@ def test_cached_reference_needs_lists_and_unfinished_lists_are_refused(sampled, 
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "unfinished (11 of 12 chunks)" in proc.stderr
+
+
+def test_two_ranks_sample_disjoint_chunks_and_together_equal_one_process(sampled):
+    """sample.rank / sample.world_size: each rank takes every other chunk; after both ran (here one
+    after the other), the folder holds exactly the lists of the single-process run."""
+    root, cache = sampled
+    out = root / "lists_ranks"
+    for rank in (0, 1):
+        proc = subprocess.run(
+            _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={root / f'rank{rank}'}",
+                 f"sample.rank={rank}", "sample.world_size=2"),
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        done = sorted(int(p.stem.split("-")[1]) for p in (out / "progress").glob("chunk-*.json"))
+        if rank == 0:
+            assert done == [0, 2, 4, 6, 8, 10] and not (out / "summary.json").exists()
+    assert _shard_rows(out) == _shard_rows(root / "lists_full")
+    assert json.loads((out / "summary.json").read_text()) == json.loads((root / "lists_full" / "summary.json").read_text())
