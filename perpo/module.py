@@ -291,26 +291,32 @@ class PerPOModule(L.LightningModule):
         trainer = getattr(self, "_trainer", None)
         return bool(trainer is not None and trainer.world_size > 1)
 
+    def _summed_counters(self) -> dict[str, int]:
+        """List counters summed over ranks (each rank counts its own lists); all ranks must call it."""
+        if not self._distributed:
+            return dict(self.counters)
+        keys = list(self.counters)
+        local = torch.tensor([float(self.counters[k]) for k in keys], dtype=torch.float64, device=self.device)
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")
+        return {k: int(v) for k, v in zip(keys, total.tolist())}
+
     def on_train_end(self):
-        """Multi-process: list counters summed over ranks (each rank counted its own lists)."""
-        if self._distributed:
-            keys = list(self.counters)
-            local = torch.tensor([float(self.counters[k]) for k in keys], dtype=torch.float64, device=self.device)
-            total = self.trainer.strategy.reduce(local, reduce_op="sum")
-            self.counters = {k: int(v) for k, v in zip(keys, total.tolist())}
+        self.counters = self._summed_counters()
 
     # ----- checkpoints: exact resume ----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Drop the frozen reference (rebuilt from the base on resume; it never changes) and keep
         the RNG states: the next step's samples then equal those of an uninterrupted run."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
-        checkpoint["perpo"] = {"rng": rng_states(), "counters": dict(self.counters), "empty_steps": self._empty_steps}
+        # counters over all ranks (every rank dumps the checkpoint; rank 0 writes it)
+        checkpoint["perpo"] = {"rng": rng_states(), "counters": self._summed_counters(), "empty_steps": self._empty_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = self.state_dict()
         checkpoint["state_dict"].update({k: v for k, v in state.items() if k.startswith("reference.")})
         saved = checkpoint.get("perpo") or {}
-        self.counters.update(saved.get("counters", {}))
+        if self.global_rank == 0:  # the saved counters are the sum over ranks: one rank carries them on
+            self.counters.update(saved.get("counters", {}))
         self._empty_steps = saved.get("empty_steps", 0)
         # Restored at the first batch, not now: building the loaders in between draws random numbers.
         self._rng_to_restore = saved.get("rng")
