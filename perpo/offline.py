@@ -23,7 +23,6 @@ training that follows, so ``reference=cached`` then needs no reference model at 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math

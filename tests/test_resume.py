@@ -107,7 +107,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(uninterrupted):
     _interrupt(cache, run_dir, signal.SIGKILL)
     step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 2 <= step < STEPS
-    proc = _run(cache, run_dir, "resume=true")
+    _run(cache, run_dir, "resume=true")
     assert "resuming from" in (run_dir / "train.log").read_text()
     assert _same_as_uninterrupted(root, run_dir) == 0.0
 
