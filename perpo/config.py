@@ -137,13 +137,18 @@ def _sample_problems(cfg):
         yield f"sample.min_margin={sample.get('min_margin')}: rewards lie in [0, 1], so the margin must too"
 
 
+def strategy_name(trainer) -> str:
+    """The trainer config's strategy in lower case: ``ddp``, ``fsdpstrategy``, ``auto``, ..."""
+    strategy = trainer.get("strategy", "auto")
+    name = strategy.get("_target_", "") if hasattr(strategy, "get") else str(strategy)
+    return name.rsplit(".", 1)[-1].lower()
+
+
 def _trainer_problems(trainer):
     """Strategies: missing optional packages and what this version cannot run yet, said at start-up."""
     import importlib.util
 
-    strategy = trainer.get("strategy", "auto")
-    name = strategy.get("_target_", "") if hasattr(strategy, "get") else str(strategy)
-    name = name.rsplit(".", 1)[-1].lower()
+    name = strategy_name(trainer)
     if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
         yield f"trainer.strategy={name} needs DeepSpeed, which is not installed: pip install deepspeed (on a GPU machine)"
     if ("deepspeed" in name or "fsdp" in name) and trainer.get("accelerator") == "cpu":

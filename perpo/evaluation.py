@@ -116,8 +116,8 @@ def best_of_n(
     paper's list-size figure plots this against N (what a perfect picker of the model's own
     samples would score). Each record's samples come from its own seed.
     """
-    from perpo.lists import score_lists
-    from perpo.sampling import decode, generate, record_seed
+    from perpo.lists import decode_and_score
+    from perpo.sampling import generate, record_seed
 
     best: list[float] = []
     for batch in _batches(records, batch_size):
@@ -126,8 +126,7 @@ def best_of_n(
             model, processor, prompts, [r["image"] for r in batch], num_return_sequences=n, temperature=temperature,
             top_p=top_p, max_new_tokens=task.max_new_tokens, row_seeds=[record_seed(seed, -1, str(r["id"])) for r in batch],
         )  # fmt: skip
-        texts = [[decode(processor, ids) for ids in row] for row in answers]
-        best += score_lists(reward_fn, batch, answers, texts).rewards.max(dim=1).values.tolist()
+        best += decode_and_score(reward_fn, batch, answers, processor).rewards.max(dim=1).values.tolist()
     out = {"best_of_n_reward": sum(best) / max(len(best), 1), "best_of_n_size": float(n)}
     if threshold is not None:
         out[f"best_of_n_acc@{threshold}"] = sum(b >= threshold for b in best) / max(len(best), 1)

@@ -45,6 +45,14 @@ def score_lists(
     )
 
 
+def decode_and_score(reward_fn: RewardFn, records: Sequence[Mapping[str, Any]], answers: list[list[list[int]]], processor: Any) -> ScoredLists:
+    """Sampled token ids -> their text (special tokens dropped) -> scored lists."""
+    from perpo.sampling import decode
+
+    texts = [[decode(processor, ids) for ids in row] for row in answers]
+    return score_lists(reward_fn, records, answers, texts)
+
+
 def _safe_reward(reward_fn: RewardFn, text: str, record: Mapping[str, Any]) -> float | None:
     value = reward_fn(text, record)
     if value is None:

@@ -26,11 +26,11 @@ from perpo.batching import encode_prefixes, ground_truth_batch
 from perpo.config import ALL_LOSSES, LIST_LOSSES
 from perpo.evaluation import greedy_answers
 from perpo.families import ChatFamily, TaskSpec
-from perpo.lists import keep_mask, score_lists
+from perpo.lists import decode_and_score, keep_mask
 from perpo.metrics import TaskMetrics
 from perpo.offline import read_stored_lists
 from perpo.reference import disable_dropout, make_reference
-from perpo.sampling import SamplingConfig, decode, generate, record_seed
+from perpo.sampling import SamplingConfig, generate, record_seed
 from perpo.scoring import answer_logps
 from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
 
@@ -202,8 +202,7 @@ class PerPOModule(L.LightningModule):
                 # each record's answers from its own seed: the same in any batch, rank or resumed run
                 row_seeds=[record_seed(s.seed, self.global_step, str(r["id"])) for r in records],
             )  # fmt: skip
-            texts = [[decode(self.processor, ids) for ids in row] for row in answers]
-            scored = score_lists(self.reward_fn, records, answers, texts)
+            scored = decode_and_score(self.reward_fn, records, answers, self.processor)
         keep = keep_mask(scored, self.lists.min_margin)
         self._log_lists(scored, keep)
         # for the samples table and reward histogram (perpo.callbacks.ListSamples)

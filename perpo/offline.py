@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +33,9 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from perpo.lists import REF_COLUMNS, TOKEN_COLUMN, ScoredLists, keep_mask, list_features, score_lists
+from perpo.data.records import COLUMNS
+from perpo.atomic import atomic_write, write_json_atomic
+from perpo.lists import REF_COLUMNS, TOKEN_COLUMN, ScoredLists, decode_and_score, keep_mask, list_features
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +66,6 @@ def done_chunks(out_dir: Path) -> set[int]:
     return {int(p.stem.split("-")[1]) for p in progress.glob("chunk-*.json")}
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-
-    _atomic_write_bytes(path, write)
-
-
 def check_meta(out_dir: Path, meta: dict) -> None:
     """Write ``meta.json``, or refuse when the folder holds lists made with other settings."""
     path = out_dir / META
@@ -100,7 +79,7 @@ def check_meta(out_dir: Path, meta: dict) -> None:
                 "settings, or choose another sample.out_dir"
             )
         return
-    _write_json(path, meta)
+    write_json_atomic(path, meta)
 
 
 # ----- one chunk --------------------------------------------------------------------------
@@ -124,7 +103,7 @@ def sample_chunk(
 ) -> tuple[list[dict], dict]:
     """Sample, score and filter the lists of ``records``: (kept rows, this chunk's counts)."""
     from perpo.batching import encode_prefixes
-    from perpo.sampling import decode, generate, record_seed
+    from perpo.sampling import generate, record_seed
     from perpo.shared_prefix import batch_logps, build_batch
 
     rows: list[dict] = []
@@ -143,8 +122,7 @@ def sample_chunk(
             answers = generate(model, processor, prompts, images, **options)
         else:  # perpo.engines.VLLMEngine on GPUs
             answers = engine.generate(prompts, images, **options)
-        texts = [[decode(processor, ids) for ids in row] for row in answers]
-        scored: ScoredLists = score_lists(reward_fn, batch, answers, texts)
+        scored = decode_and_score(reward_fn, batch, answers, processor)
         keep = keep_mask(scored, min_margin)
         counts["records"] += len(batch)
         counts["kept"] += int(keep.sum())
@@ -164,9 +142,9 @@ def sample_chunk(
             with torch.no_grad():
                 ref = batch_logps(model, lists)
         for j, i in enumerate(kept):
-            row = {k: batch[i][k] for k in ("id", "task", "image", "prompt", "target", "width", "height")}
+            row = {k: batch[i][k] for k in COLUMNS}
             row.update(
-                answers=texts[i], rewards=scored.rewards[i].tolist(), parsed=scored.parsed[i].tolist(),
+                answers=scored.texts[i], rewards=scored.rewards[i].tolist(), parsed=scored.parsed[i].tolist(),
                 answer_ids=answers[i],
             )  # fmt: skip
             if ref is not None:
@@ -182,8 +160,8 @@ def write_chunk(out_dir: Path, index: int, rows: list[dict], counts: dict, *, ta
     if rows:
         features = list_features(task, answer_ids=True, ref_logps=ref_logps)
         shard = datasets.Dataset.from_list(rows, features=features)
-        _atomic_write_bytes(out_dir / "data" / f"{chunk_name(index)}.parquet", lambda tmp: shard.to_parquet(tmp))
-    _write_json(out_dir / "progress" / f"{chunk_name(index)}.json", counts)
+        atomic_write(out_dir / "data" / f"{chunk_name(index)}.parquet", lambda tmp: shard.to_parquet(tmp))
+    write_json_atomic(out_dir / "progress" / f"{chunk_name(index)}.json", counts)
 
 
 def summarize(out_dir: Path, total_chunks: int) -> dict:
@@ -309,7 +287,7 @@ def run_sampling(cfg: DictConfig) -> dict:
         log.info("sampled %d chunks in %.0f s", len(todo), time.time() - start)
     summary = summarize(out_dir, total_chunks)
     if summary["complete"]:
-        _write_json(out_dir / SUMMARY, summary)
+        write_json_atomic(out_dir / SUMMARY, summary)
     log.info("%s", format_summary(summary))
     return summary
 

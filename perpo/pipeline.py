@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +21,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from perpo.atomic import write_json_atomic, write_text_atomic
 from perpo.callbacks import ListSamples, StepLog
+from perpo.config import strategy_name
 from perpo.data import make_splits
 from perpo.datamodule import RecordDataModule
 from perpo.evaluation import best_of_n, evaluate, image_dependence
@@ -235,10 +236,6 @@ def _stored_lists(cfg: DictConfig, base_path: Path):
     return lists
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
-
-
 def build_logger(cfg: DictConfig):
     if not cfg.get("logger") or not cfg.logger.get("_target_"):
         return False
@@ -421,12 +418,6 @@ def _is_rank_zero() -> bool:
 _SHARDED = ("deepspeed", "fsdp")  # strategies with their own (sharded) checkpoint writers
 
 
-def _strategy_name(cfg: DictConfig) -> str:
-    strategy = cfg.trainer.get("strategy", "auto")
-    name = strategy.get("_target_", "") if hasattr(strategy, "get") else str(strategy)
-    return name.rsplit(".", 1)[-1].lower()
-
-
 def _checkpointing(cfg: DictConfig, out_dir: Path) -> dict:
     """Trainer keyword arguments for checkpoints: atomic writes unless the strategy shards them."""
     from perpo.checkpointing import AtomicCheckpointIO
@@ -434,7 +425,7 @@ def _checkpointing(cfg: DictConfig, out_dir: Path) -> dict:
     ck = cfg.get("checkpoint") or {}
     enabled = bool(ck.get("enabled", True))
     kwargs: dict = {"enable_checkpointing": enabled}
-    if enabled and not any(s in _strategy_name(cfg) for s in _SHARDED):
+    if enabled and not any(s in strategy_name(cfg.trainer) for s in _SHARDED):
         kwargs["plugins"] = [AtomicCheckpointIO()]
     return kwargs
 
@@ -457,14 +448,6 @@ def _device(cfg: DictConfig) -> str:
 
     wants_gpu = cfg.trainer.get("accelerator", "cpu") in ("gpu", "cuda", "auto")
     return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _apply_lora(policy, lora: DictConfig):

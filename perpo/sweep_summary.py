@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +19,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from perpo.atomic import write_text_atomic
+
 log = logging.getLogger("perpo")
-
-
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _job_entry(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
@@ -72,9 +65,9 @@ class SweepSummary(Callback):
         entry = _job_entry(config, job_return)
         jobs[entry["num"]] = entry
         ordered = [jobs[k] for k in sorted(jobs)]
-        _write(path, json.dumps(ordered, indent=2))
+        write_text_atomic(path, json.dumps(ordered, indent=2))
         text = format_summary(ordered)
-        _write(sweep_dir / "sweep_summary.md", text)
+        write_text_atomic(sweep_dir / "sweep_summary.md", text)
         if entry["status"] == "failed":
             log.error("job %d failed (%s); the sweep goes on", entry["num"], entry["error"])
         log.info("%s(written to %s)", text, sweep_dir / "sweep_summary.md")

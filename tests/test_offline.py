@@ -53,11 +53,12 @@ def test_meta_mismatch_is_refused_naming_the_keys(tmp_path):
 
 
 def test_summary_histogram_and_completeness(tmp_path):
-    from perpo.offline import _write_json, format_summary, summarize
+    from perpo.atomic import write_json_atomic
+    from perpo.offline import format_summary, summarize
 
     base = {"records": 4, "kept": 3, "dropped": 1, "answers": 16, "unparsed": 2}
-    _write_json(tmp_path / "progress" / "chunk-00000.json", {**base, "hist": [16] + [0] * 9})
-    _write_json(tmp_path / "progress" / "chunk-00002.json", {**base, "hist": [0] * 9 + [16]})
+    write_json_atomic(tmp_path / "progress" / "chunk-00000.json", {**base, "hist": [16] + [0] * 9})
+    write_json_atomic(tmp_path / "progress" / "chunk-00002.json", {**base, "hist": [0] * 9 + [16]})
     summary = summarize(tmp_path, total_chunks=3)
     assert summary["kept"] == 6 and summary["answers"] == 32 and summary["hist"][0] == summary["hist"][9] == 16
     assert summary["chunks_done"] == 2 and not summary["complete"]
