@@ -25,12 +25,14 @@ def _batches(records: Sequence, size: int):
 
 
 @torch.no_grad()
-def greedy_answers(model: torch.nn.Module, processor: Any, family: ChatFamily, task: TaskSpec, records: Sequence) -> list[str]:
+def greedy_answers(
+    model: torch.nn.Module, processor: Any, family: ChatFamily, task: TaskSpec, records: Sequence, *, synced_gpus: bool = False
+) -> list[str]:
     """The model's greedy answer text for each record (evaluation and validation)."""
     prompts = [family.prompt_text(r, task) for r in records]
     out = generate(
         model, processor, prompts, [r["image"] for r in records],
-        do_sample=False, max_new_tokens=task.max_new_tokens,
+        do_sample=False, max_new_tokens=task.max_new_tokens, synced_gpus=synced_gpus,
     )  # fmt: skip
     return [decode(processor, row[0]) for row in out]
 

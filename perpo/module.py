@@ -33,6 +33,7 @@ from perpo.reference import disable_dropout, make_reference
 from perpo.sampling import SamplingConfig, generate, record_seed
 from perpo.scoring import answer_logps
 from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
+from perpo.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class PerPOModule(L.LightningModule):
                 top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                 # each record's answers from its own seed: the same in any batch, rank or resumed run
                 row_seeds=[record_seed(s.seed, self.global_step, str(r["id"])) for r in records],
+                synced_gpus=self._shards_parameters,  # sharded: ranks step together until all are done
             )  # fmt: skip
             scored = decode_and_score(self.reward_fn, records, answers, self.processor)
         keep = keep_mask(scored, self.lists.min_margin)
@@ -208,35 +210,47 @@ class PerPOModule(L.LightningModule):
         # for the samples table and reward histogram (perpo.callbacks.ListSamples)
         self.recent_lists = list(zip(records, scored.texts, scored.rewards.tolist(), keep.tolist()))
         self.reward_history.extend(scored.rewards.flatten().tolist())
-        if not keep.any():
-            return self._no_lists_kept()
-        self._empty_steps = 0
+        kept = keep.nonzero().squeeze(1).tolist()
+        kept_all = int(self._sum_over_ranks(torch.tensor([float(len(kept))], device=self.device))[0])  # global batch
+        self._nothing_kept = kept_all == 0
+        if kept_all == 0:  # the same decision on every rank
+            self._count_empty_step()
+            if not self._distributed:
+                return None  # Lightning skips backward and the optimizer step
+        else:
+            self._empty_steps = 0
+        # Multi-process: every rank runs the same forwards and backward (DDP all-reduces gradients
+        # in backward; FSDP / ZeRO-3 gather parameters in every forward). A rank that kept no list
+        # scores one with weight 0. Each rank's loss is its lists' sum * world / kept_all: the
+        # ranks' mean (what DDP and FSDP average) is then the mean over the global batch's kept
+        # lists, as in one process, however the kept lists fall across ranks.
+        world = self.trainer.world_size if self._distributed else 1
+        weight = world / kept_all if kept and kept_all else 0.0
+        kept = kept or [0]
 
         # 2. listwise preference optimization on the kept lists
-        kept = keep.nonzero().squeeze(1).tolist()
         batch = build_batch(
             prefixes, [answers[i] for i in kept], self._pad_id, select=kept, layout=self.scoring
         ).to(self.device)
         policy_lp = batch_logps(self.policy, batch)
         ref_lp = self.reference.logps(batch, [records[i] for i in kept])
         pick = (lambda lp: lp.mean) if self.length_normalize else (lambda lp: lp.sum)
-        rewards = scored.rewards[kept].to(self.device)
-        per_list = self.list_loss(pick(policy_lp), pick(ref_lp), rewards)
-        loss = per_list.mean()
-
-        margin = pick(policy_lp) - pick(ref_lp)  # implicit reward s_k
-        best, worst = rewards.argmax(1, keepdim=True), rewards.argmin(1, keepdim=True)
-        gap = margin.gather(1, best) - margin.gather(1, worst)
-        self.log_dict(
-            {
-                "train/loss": loss,
-                "train/score_gap_best_worst": gap.mean(),
-                "train/pair_accuracy": (gap > 0).float().mean(),
-                "train/policy_minus_ref": margin.mean(),
-            },
-            prog_bar=False, batch_size=len(kept), sync_dist=self._distributed,  # mean over ranks
-        )  # fmt: skip
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(kept))
+        if weight == 0.0:  # no list on this rank: gradients of zero through the same forwards
+            loss = (pick(policy_lp) * 0.0).sum()
+            sums = torch.zeros(4, device=self.device)
+        else:
+            rewards = scored.rewards[kept].to(self.device)
+            per_list = self.list_loss(pick(policy_lp), pick(ref_lp), rewards)
+            loss = per_list.sum() * weight
+            margin = pick(policy_lp) - pick(ref_lp)  # implicit reward s_k
+            best, worst = rewards.argmax(1, keepdim=True), rewards.argmin(1, keepdim=True)
+            gap = margin.gather(1, best) - margin.gather(1, worst)
+            sums = torch.stack([per_list.sum(), gap.sum(), (gap > 0).float().sum(), margin.mean(1).sum()]).detach()
+        if kept_all:  # sums over this rank's lists, summed over ranks / kept_all: global-batch means
+            means = self._sum_over_ranks(sums) / kept_all
+            names = ("train/loss", "train/score_gap_best_worst", "train/pair_accuracy", "train/policy_minus_ref")
+            self.log_dict(dict(zip(names, means)), batch_size=kept_all)
+            self.log("loss", means[0], prog_bar=True, logger=False, batch_size=kept_all)
         return loss
 
     def _sft_step(self, records):
@@ -268,7 +282,8 @@ class PerPOModule(L.LightningModule):
         )
         self.log("reward", scored.rewards.mean(), prog_bar=True, logger=False, batch_size=n_lists)
 
-    def _no_lists_kept(self):
+    def _count_empty_step(self) -> None:
+        """Every list of the global batch dropped: warn, and stop once it lasts (collapse)."""
         self._empty_steps += 1
         if self._empty_steps >= self.lists.max_empty_steps:
             c = self.counters
@@ -279,16 +294,23 @@ class PerPOModule(L.LightningModule):
                 "rate (optim.lr) or beta, or lower data.min_margin."
             )
         log.warning("step %d: no list kept (%d in a row); skipping the update", self.global_step, self._empty_steps)
-        if self._distributed:
-            # Every rank must run backward (DDP all-reduces gradients in it; Lightning refuses a
-            # skipped step there): a zero loss that touches every trainable parameter.
-            return sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad)
-        return None  # Lightning skips backward and the optimizer step
 
     @property
     def _distributed(self) -> bool:
         trainer = getattr(self, "_trainer", None)
         return bool(trainer is not None and trainer.world_size > 1)
+
+    @property
+    def _shards_parameters(self) -> bool:
+        """FSDP / ZeRO-3 over several ranks: generation must keep every rank stepping."""
+        trainer = getattr(self, "_trainer", None)
+        return bool(self._distributed and shards_parameters(trainer.strategy))
+
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over ranks (every rank must call it); itself in one process."""
+        if not self._distributed:
+            return values
+        return self.trainer.strategy.reduce(values.to(self.device), reduce_op="sum")
 
     def _summed_counters(self) -> dict[str, int]:
         """List counters summed over ranks (each rank counts its own lists); all ranks must call it."""
@@ -328,7 +350,9 @@ class PerPOModule(L.LightningModule):
 
     # ----- validation: greedy decoding scored by the task's torchmetrics -----------------
     def validation_step(self, records, batch_idx):
-        answers = greedy_answers(self.policy, self.processor, self.family, self.task, records)
+        answers = greedy_answers(
+            self.policy, self.processor, self.family, self.task, records, synced_gpus=self._shards_parameters
+        )  # fmt: skip
         self.val_metrics.update(answers, list(records))
 
     def on_validation_epoch_end(self):
@@ -337,6 +361,24 @@ class PerPOModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True)
 
     # ----- optimization -----------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer):
+        # Every list of the global batch dropped (multi-process: the zero-weight step ran on every
+        # rank): no update. Gradients None, not zero, else AdamW's moments would still move the
+        # weights -- as in one process, where training_step returned None.
+        if getattr(self, "_nothing_kept", False):
+            optimizer.zero_grad(set_to_none=True)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """FSDP: the norm over every rank's shards is FSDP's own ``clip_grad_norm_`` (Lightning
+        clips only by value under FSDP); elsewhere Lightning's clipping."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_algorithm in (None, "norm"):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         from transformers import get_scheduler
 

@@ -343,8 +343,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["train_seconds"] = round(time.time() - start, 1)
     results["list_counters"] = dict(module.counters)
 
+    trained = _trained_policy(cfg, trainer, module, base_path, splits)  # every rank takes part
     if cfg.eval.after and trainer.is_global_zero:
-        results["after"] = evaluate(module.policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after")
+        results["after"] = evaluate(trained, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after")
         log.info("after: %s", _fmt(results["after"]))
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     if not trainer.is_global_zero:  # multi-process: one writer, rank 0
@@ -353,9 +354,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(out_dir / "results.json", results)
     if cfg.save_model:
         merge = not lora_on or lora.get("save", "merged") == "merged"
-        export_policy(module.policy, out_dir / "model", merge=merge, processor=processor, inplace=True)
+        export_policy(trained, out_dir / "model", merge=merge, processor=processor, inplace=True)
     print_table(results)
     return results
+
+
+def _trained_policy(cfg: DictConfig, trainer, module, base_path: Path, splits):
+    """The trained policy as one whole model on rank 0, for the after-evaluation and save_pretrained.
+
+    Under FSDP (and ZeRO-3) each rank holds a shard of every weight: the full weights are gathered
+    to rank 0 (a collective: every rank calls this) and loaded into a fresh copy of the base
+    model (same family, same LoRA). Other ranks get None. Otherwise: ``module.policy`` itself.
+    """
+    from perpo.strategies import LightningFSDPStrategy, shards_parameters
+
+    strategy = trainer.strategy
+    if not shards_parameters(strategy):
+        return module.policy
+    if isinstance(strategy, LightningFSDPStrategy):
+        state = strategy.lightning_module_state_dict()  # full on rank 0 (trainer.strategy.state_dict_type: full)
+    else:  # DeepSpeed ZeRO-3 (experimental: never run by this version)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if trainer.is_global_zero else {}
+    if not trainer.is_global_zero:
+        return None
+    policy, *_ = load_base(cfg, base_path, splits)
+    lora = cfg.model.get("lora")
+    if lora and lora.get("enabled"):
+        policy = _apply_lora(policy, lora)
+    policy.load_state_dict({k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")})
+    return policy.to(_device(cfg)).eval()
 
 
 def _log_evaluations(logger, results: dict, step: int) -> None:
@@ -415,7 +445,7 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
 
 
-_SHARDED = ("deepspeed", "fsdp")  # strategies with their own (sharded) checkpoint writers
+_SHARDED = ("deepspeed", "fsdp")  # strategies with their own (sharded) checkpoint writers; FSDP "full": one file
 
 
 def _checkpointing(cfg: DictConfig, out_dir: Path) -> dict:
@@ -425,7 +455,10 @@ def _checkpointing(cfg: DictConfig, out_dir: Path) -> dict:
     ck = cfg.get("checkpoint") or {}
     enabled = bool(ck.get("enabled", True))
     kwargs: dict = {"enable_checkpointing": enabled}
-    if enabled and not any(s in strategy_name(cfg.trainer) for s in _SHARDED):
+    name = strategy_name(cfg.trainer)
+    strategy = cfg.trainer.get("strategy")
+    one_file = "fsdp" in name and strategy.get("state_dict_type", "full") == "full"  # gathered on rank 0
+    if enabled and (one_file or not any(s in name for s in _SHARDED)):
         kwargs["plugins"] = [AtomicCheckpointIO()]
     return kwargs
 

@@ -175,6 +175,7 @@ def generate(
     max_new_tokens: int = 32,
     prefill: str = "shared",
     row_seeds: Sequence[int] | None = None,
+    synced_gpus: bool = False,
 ) -> list[list[list[int]]]:
     """Completion token ids, ``out[b][k]`` for prompt b and sample k (greedy if not do_sample).
 
@@ -183,7 +184,9 @@ def generate(
     docstring). "shared" silently becomes "expand" for families in
     :data:`SHARED_PREFILL_UNSUPPORTED`. Greedy decoding with N > 1 gives N identical rows.
     ``row_seeds`` (one per prompt, e.g. :func:`record_seed`): each prompt's N samples come from
-    its own seed (:class:`SeededSampler`) instead of the global RNG.
+    its own seed (:class:`SeededSampler`) instead of the global RNG. ``synced_gpus`` (parameters
+    sharded over ranks, :func:`perpo.strategies.shards_parameters`): every rank keeps running
+    forwards until all ranks' answers ended, since each forward gathers parameters collectively.
     """
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill={prefill!r}; choose one of {PREFILL_MODES}")
@@ -201,6 +204,8 @@ def generate(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
+    if synced_gpus:
+        kwargs["synced_gpus"] = True
     if do_sample and row_seeds is not None:
         if len(row_seeds) != len(prompt_texts):
             raise ValueError(f"{len(row_seeds)} row seeds for {len(prompt_texts)} prompts")

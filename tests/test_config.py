@@ -86,14 +86,12 @@ def test_experiment_smoke_overrides_apply():
 
 
 def _refused_here() -> set[tuple[str, str]]:
-    """Trainer choices this CPU box (or this version: sharded strategies) refuses at start-up."""
+    """Trainer choices this CPU box (or this version: DeepSpeed, never run) refuses at start-up."""
     import torch
 
-    refused = {("trainer", c) for c in ("fsdp", "deepspeed_zero2", "deepspeed_zero3")}
+    refused = {("trainer", c) for c in ("deepspeed_zero2", "deepspeed_zero3")}
     if not torch.cuda.is_available():
-        refused.add(("trainer", "ddp"))
-    if not torch.cuda.is_available():
-        refused.add(("trainer", "gpu"))
+        refused |= {("trainer", c) for c in ("ddp", "gpu", "fsdp")}
     return refused
 
 

@@ -1,13 +1,16 @@
-"""trainer=ddp_sim (2 CPU processes over gloo) follows the same loss curve as one process with the
-same global batch.
+"""trainer=ddp_sim and trainer=fsdp_sim (2 CPU processes over gloo; FSDP shards every parameter,
+so generation runs synchronized) follow the same loss curve as one process with the same global
+batch, also when one rank's lists are all dropped by the spread filter, or every rank's.
 
 Why it can: the data order is global batches of one seeded permutation, each rank taking its
 slice (perpo.datamodule.GlobalBatchSampler); each record's N answers come from its own seed
 (perpo.sampling.record_seed), so they do not depend on the rank; DDP averages the two ranks'
 gradients of their mean list losses, which equals the gradient of the mean over the global batch
 when both ranks keep all their lists (a user reward that spreads every list guarantees it here);
-logged train metrics are averaged over ranks (sync_dist). What differs is float rounding of
-other batch shapes, hence the tolerance.
+logged train metrics are averaged over ranks (sync_dist). When ranks keep different numbers of
+lists, each rank's loss is its lists' sum * world / (lists kept in the global batch), so the
+ranks' mean is still the global mean; a rank with none runs a zero-weight step (perpo.module).
+What differs is float rounding of other batch shapes, hence the tolerance.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ BUDGET = [
 ]  # fmt: skip
 
 
-def _train(cache: Path, run_dir: Path, *overrides: str) -> float:
+def _train(cache: Path, run_dir: Path, *overrides: str, env_extra: dict | None = None) -> float:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["OMP_NUM_THREADS"] = "1"
+    env.update(env_extra or {})
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *BUDGET, *overrides],
@@ -57,18 +61,52 @@ def runs(tmp_path_factory):
     _train(cache, root / "warm", "trainer.max_steps=1")  # the SFT base, cached for both runs below
     one = _train(cache, root / "one", "data.batch_size=4")
     two = _train(cache, root / "two", "data.batch_size=2", "trainer=ddp_sim")
+    _train(cache, root / "fsdp", "data.batch_size=2", "trainer=fsdp_sim")
     return root, one, two
 
 
-def test_ddp_sim_follows_the_single_process_loss_curve(runs):
+def _flat_positions() -> str:
+    """Train positions whose lists come out flat (dropped): rank 1's whole share of step 1 and the
+    whole global batch of step 2 (GlobalBatchSampler with the run's seed 42, global batch 4)."""
+    from perpo.datamodule import GlobalBatchSampler
+
+    shares = [list(GlobalBatchSampler(32, 2, seed=42, rank=r, world_size=2)) for r in (0, 1)]
+    return ",".join(str(p) for p in shares[1][1] + shares[0][2] + shares[1][2])
+
+
+@pytest.fixture(scope="module")
+def flat_runs(runs):
+    """One process vs ddp_sim vs fsdp_sim when some ranks keep no list."""
+    root = runs[0]
+    env = {"PERPO_TEST_FLAT_POSITIONS": _flat_positions()}
+    flat = ("++reward.fn._target_=tests.user_rewards.length_reward_flat_at", "data.min_margin=0.01")
+    _train(root / "cache", root / "flat_one", *flat, "data.batch_size=4", env_extra=env)
+    for name, trainer in (("flat_ddp", "ddp_sim"), ("flat_fsdp", "fsdp_sim")):
+        _train(root / "cache", root / name, *flat, "data.batch_size=2", f"trainer={trainer}", env_extra=env)
+    return root
+
+
+def _weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(next((run_dir / "model").glob("*.safetensors")))
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("run", ["two", "fsdp"], ids=["ddp_sim", "fsdp_sim"])
+def test_multi_process_follows_the_single_process_loss_curve(runs, run):
     root, one_s, two_s = runs
     for key in ("train/loss", "train/reward_mean", "train/pair_accuracy"):
-        single, ddp = _curve(root / "one", key), _curve(root / "two", key)
+        single, ddp = _curve(root / "one", key), _curve(root / run, key)
         assert len(single) == len(ddp) == STEPS, (key, single, ddp)
         assert ddp == pytest.approx(single, abs=2e-4), key
     import json
 
-    one, two = (json.loads((root / d / "results.json").read_text()) for d in ("one", "two"))
+    one, two = (json.loads((root / d / "results.json").read_text()) for d in ("one", run))
     assert two["list_counters"] == one["list_counters"]  # summed over the two ranks
     assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125
     losses = _curve(root / "one", "train/loss")
@@ -76,18 +114,35 @@ def test_ddp_sim_follows_the_single_process_loss_curve(runs):
     print(f"step time ratio ddp_sim / one process (whole run, incl. start-up): {two_s / one_s:.2f}")
 
 
-def test_ddp_sim_final_weights_match_the_single_process(runs):
-    import torch
-    from safetensors.torch import load_file
-
-    root, _, _ = runs
-    one = load_file(next((root / "one" / "model").glob("*.safetensors")))
-    two = load_file(next((root / "two" / "model").glob("*.safetensors")))
-    assert one.keys() == two.keys()
-    largest = max((one[k] - two[k]).abs().max().item() for k in one)
-    moved = max((one[k] - load_file(next((root / "warm" / "model").glob("*.safetensors")))[k]).abs().max().item() for k in one)
+@pytest.mark.parametrize("run", ["two", "fsdp"], ids=["ddp_sim", "fsdp_sim"])
+def test_multi_process_final_weights_match_the_single_process(runs, run):
+    """fsdp_sim: the weights saved are gathered from the two ranks' shards (perpo.pipeline._trained_policy)."""
+    root = runs[0]
+    one = _weights(root / "one")
+    largest = _largest_difference(one, _weights(root / run))
+    moved = _largest_difference(one, _weights(root / "warm"))
     assert largest < 1e-4 < moved, (largest, moved)
-    assert not torch.isnan(torch.tensor(largest))
+    print(f"{run}: largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
+
+
+@pytest.mark.parametrize("run", ["flat_ddp", "flat_fsdp"], ids=["ddp_sim", "fsdp_sim"])
+def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(flat_runs, run):
+    """Step 1: rank 1 kept no list (it runs a zero-weight step, rank 0 weighs its lists by
+    world / kept); step 2: no rank kept any (no update anywhere). Same curve and weights as one
+    process, and no hang."""
+    import json
+
+    root = flat_runs
+    for key in ("train/loss", "train/kept_fraction", "train/pair_accuracy"):
+        single, multi = _curve(root / "flat_one", key), _curve(root / run, key)
+        assert len(single) == len(multi) == STEPS, (key, single, multi)
+        assert multi == pytest.approx(single, abs=2e-4), key
+    kept = _curve(root / run, "train/kept_fraction")
+    assert kept[1] <= 0.5 and kept[2] == 0.0, kept  # the flat steps happened as planned
+    assert _largest_difference(_weights(root / "flat_one"), _weights(root / run)) < 1e-4
+    one, two = (json.loads((root / d / "results.json").read_text()) for d in ("flat_one", run))
+    assert two["list_counters"] == one["list_counters"]
+    assert one["list_counters"]["lists_kept"] <= 16 - 6  # the 6 flat lists were dropped
 
 
 def test_ddp_sim_killed_and_resumed_ends_identical(runs):

@@ -1,0 +1,94 @@
+"""Lightning strategies: what perpo adds to them and what it must know about them.
+
+Sharded parameters (FSDP, DeepSpeed ZeRO-3) change one thing for PerPO: every forward of a
+sharded block all-gathers its parameters, a collective, so every rank must run the same number
+of forwards. Sampling then runs transformers' synchronized generation (``synced_gpus``: a rank
+whose answers ended keeps stepping until every rank's have), and a rank whose lists were all
+dropped by the spread filter still scores one list, with weight 0 (``perpo.module``).
+
+``FSDPStrategy`` is Lightning's, with two defaults a VLM needs:
+
+- each transformer block (and vision block) is its own FSDP unit: the classes the model names in
+  ``_no_split_modules``, as accelerate and the HF Trainer wrap them. One unit for the whole model
+  would gather every parameter at once, which is no sharding at all;
+- it also runs on CPU processes over gloo (``trainer=fsdp_sim``), so the sharded code paths run in
+  the CPU test suite: torch's FSDP takes CPU when told ``device_id=cpu``, while Lightning refuses
+  FSDP without CUDA (by an exact type check, which this subclass passes). For tests, not speed.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
+
+
+def shards_parameters(strategy) -> bool:
+    """Whether each rank holds only a shard of the parameters (gathered in every forward)."""
+    if isinstance(strategy, LightningFSDPStrategy):
+        return True
+    return isinstance(strategy, DeepSpeedStrategy) and bool(getattr(strategy, "zero_stage_3", False))
+
+
+def block_classes(model: torch.nn.Module) -> set[type]:
+    """Module classes named by any ``_no_split_modules`` inside ``model`` (transformers' blocks)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names |= set(getattr(module, "_no_split_modules", None) or ())
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+class FSDPStrategy(LightningFSDPStrategy):
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        if "auto_wrap_policy" not in self.kwargs:
+            blocks = block_classes(model)
+            if blocks:
+                self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(blocks)
+        wrapped = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+        if self.root_device.type == "cpu" and not wrapped:
+            # Lightning would pass device_id=None on CPU, which torch reads as "find an accelerator"
+            model = FullyShardedDataParallel(
+                module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs,
+            )  # fmt: skip
+            self.kwargs.pop("auto_wrap_policy", None)  # applied; Lightning would warn it is ignored
+        return super()._setup_model(model)
+
+    # torch (2.13) segfaults gathering a full state dict with offload_to_cpu=True when the
+    # parameters already live on the CPU, and Lightning always asks for the offload: on CPU the
+    # full state dicts are gathered without it (the same tensors, already in host memory).
+    def _cpu_full_state(self) -> bool:
+        return self.root_device.type == "cpu" and self._state_dict_type == "full"
+
+    def _full_state_context(self):
+        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.state_dict_type(
+            self.model, StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True),
+        )  # fmt: skip
+
+    def lightning_module_state_dict(self):
+        if not self._cpu_full_state():
+            return super().lightning_module_state_dict()
+        with self._full_state_context():
+            return self.model.state_dict()
+
+    def optimizer_state(self, optimizer):
+        if not self._cpu_full_state():
+            return super().optimizer_state(optimizer)
+        from lightning.pytorch.core.optimizer import LightningOptimizer
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import OptimStateKeyType
+
+        optimizer = optimizer._optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+        with self._full_state_context():
+            state = FSDP.optim_state_dict(self.model, optimizer)
+            if self.global_rank == 0:  # the standard layout, as Lightning stores it
+                state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
+            return state
