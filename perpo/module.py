@@ -332,9 +332,16 @@ class PerPOModule(L.LightningModule):
         # counters over all ranks (every rank dumps the checkpoint; rank 0 writes it)
         checkpoint["perpo"] = {"rng": rng_states(), "counters": self._summed_counters(), "empty_steps": self._empty_steps}
 
+    def setup(self, stage: str) -> None:
+        if shards_parameters(self.trainer.strategy):
+            # FSDP loads the checkpoint into the wrapped model before on_load_checkpoint could add
+            # the reference's weights back: let it leave the reference as built (the base)
+            self.strict_loading = False
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = self.state_dict()
-        checkpoint["state_dict"].update({k: v for k, v in state.items() if k.startswith("reference.")})
+        if self.strict_loading:  # the reference as built (the base), so the checkpoint loads strictly
+            state = self.state_dict()
+            checkpoint["state_dict"].update({k: v for k, v in state.items() if k.startswith("reference.")})
         saved = checkpoint.get("perpo") or {}
         if self.global_rank == 0:  # the saved counters are the sum over ranks: one rank carries them on
             self.counters.update(saved.get("counters", {}))

@@ -145,10 +145,12 @@ def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(flat_runs, run):
     assert one["list_counters"]["lists_kept"] <= 16 - 6  # the 6 flat lists were dropped
 
 
-def test_ddp_sim_killed_and_resumed_ends_identical(runs):
+@pytest.mark.parametrize("trainer", ["ddp_sim", "fsdp_sim"])
+def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
     """Both ranks killed (SIGKILL to the process group) after the first checkpoint, then
-    resume=true: the same final weights and summed list counters as an uninterrupted ddp_sim run
-    (the data position, the per-record sampling seeds and the rank-summed counters all resume)."""
+    resume=true: the same final weights and summed list counters as an uninterrupted run (the
+    data position, the per-record sampling seeds and the rank-summed counters all resume; under
+    FSDP the checkpoint holds the weights and optimizer state gathered from both ranks' shards)."""
     import json
     import signal
 
@@ -157,10 +159,10 @@ def test_ddp_sim_killed_and_resumed_ends_identical(runs):
 
     root, _, _ = runs
     cache = root / "cache"
-    extra = ("data.batch_size=2", "trainer=ddp_sim", "checkpoint.enabled=true", "checkpoint.every_n_steps=2",
+    extra = ("data.batch_size=2", f"trainer={trainer}", "checkpoint.enabled=true", "checkpoint.every_n_steps=2",
              "trainer.max_steps=6", "data.min_margin=0.3")  # fmt: skip
-    _train(cache, root / "ddp_full", *extra)
-    killed = root / "ddp_killed"
+    _train(cache, root / f"{trainer}_full", *extra)
+    killed = root / f"{trainer}_killed"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(
@@ -176,10 +178,10 @@ def test_ddp_sim_killed_and_resumed_ends_identical(runs):
     assert not (killed / "results.json").exists()
     assert 2 <= torch.load(last, weights_only=False)["global_step"] < 6
     _train(cache, killed, *extra, "resume=true")
-    a = load_file(next((root / "ddp_full" / "model").glob("*.safetensors")))
+    a = load_file(next((root / f"{trainer}_full" / "model").glob("*.safetensors")))
     b = load_file(next((killed / "model").glob("*.safetensors")))
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
-    full, resumed = (json.loads((d / "results.json").read_text()) for d in (root / "ddp_full", killed))
+    full, resumed = (json.loads((d / "results.json").read_text()) for d in (root / f"{trainer}_full", killed))
     assert resumed["list_counters"] == full["list_counters"]
     assert full["list_counters"]["lists_seen"] == 6 * 4  # 6 steps x global batch 4
     assert 0 < full["list_counters"]["lists_kept"] < full["list_counters"]["lists_seen"]  # some dropped: counts matter
