@@ -3,7 +3,9 @@
 - Lightning's ``ModelCheckpoint`` saves ``<run>/checkpoints/last.ckpt`` every
   ``checkpoint.every_n_steps`` optimizer steps and at the end;
   :class:`AtomicCheckpointIO` writes each file to a temporary name and renames it, so a crash
-  mid-write leaves the previous checkpoint intact (never a truncated one).
+  mid-write leaves the previous checkpoint intact (never a truncated one). Strategies whose
+  checkpoint is a folder of per-rank shards (DeepSpeed, FSDP ``state_dict_type: sharded``) write
+  it beside the old one, and rank 0 swaps it in (:func:`save_checkpoint_atomically`).
 - SIGTERM (what SLURM and Kubernetes send before a kill): Lightning's signal handler lets the
   current step finish and raises ``SIGTERMException``; :class:`SaveOnSigterm` then writes
   ``last.ckpt`` and the run exits with code 143 and says how to resume.
@@ -43,6 +45,54 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=False)
 
 
+def writes_directory(strategy) -> bool:
+    """Whether the strategy's checkpoint is a folder every rank writes its shard into."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    if isinstance(strategy, DeepSpeedStrategy):
+        return True
+    return isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") == "sharded"
+
+
+def save_checkpoint_atomically(trainer: L.Trainer, path: str | Path, save: Any = None) -> None:
+    """``trainer.save_checkpoint(path)`` that never leaves a half-written checkpoint at ``path``.
+
+    One file: AtomicCheckpointIO renames it into place. A folder of shards: every rank writes into
+    ``<path>.tmp``; then rank 0 moves the old folder to ``<path>.old``, the new one to ``path``, and
+    deletes the old. A crash in between leaves ``<path>.old``, which :func:`resume_path` takes.
+    """
+    import shutil
+
+    save = save or trainer.save_checkpoint
+    path = Path(path)
+    if not writes_directory(trainer.strategy):
+        save(path)
+        return
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if trainer.is_global_zero and tmp.exists():
+        shutil.rmtree(tmp)  # a crashed earlier write
+    trainer.strategy.barrier()
+    save(tmp)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        if path.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            path.rename(old)
+        tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
+    trainer.strategy.barrier()
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose saves go through :func:`save_checkpoint_atomically`."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        save_checkpoint_atomically(trainer, filepath, lambda path: super(AtomicModelCheckpoint, self)._save_checkpoint(trainer, str(path)))
+        self._last_checkpoint_saved = filepath
+
+
 class SaveOnSigterm(L.Callback):
     """On SIGTERM, write ``last.ckpt`` once the running step has finished (Lightning raises
     ``SIGTERMException`` between steps, so the saved state is consistent)."""
@@ -52,7 +102,7 @@ class SaveOnSigterm(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path)
+            save_checkpoint_atomically(trainer, self.path)
             log.warning("SIGTERM at step %d: checkpoint saved to %s", trainer.global_step, self.path)
 
 
@@ -62,7 +112,7 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def periodic_checkpoint(run_dir: str | Path, every_n_steps: int | None, keep_all: bool = False) -> ModelCheckpoint:
     """``last.ckpt`` every ``every_n_steps`` steps and at the end (``keep_all``: also ``step=K.ckpt``)."""
-    return ModelCheckpoint(
+    return AtomicModelCheckpoint(
         dirpath=checkpoint_dir(run_dir), filename="{step}", every_n_train_steps=every_n_steps or None,
         save_last=True, save_top_k=-1 if keep_all else 0, save_on_train_epoch_end=False,
     )  # fmt: skip
@@ -75,13 +125,17 @@ class ResumeError(ValueError):
 def resume_path(run_dir: str | Path, resume: bool, ckpt_path: str | None) -> str | None:
     """The checkpoint to continue from, or None for a fresh run."""
     if ckpt_path:
-        if not Path(ckpt_path).is_file():
-            raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        if not Path(ckpt_path).exists():  # a file, or a folder of shards (DeepSpeed, FSDP sharded)
+            raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
         return str(ckpt_path)
     if not resume:
         return None
     last = checkpoint_dir(run_dir) / LAST
-    if not last.is_file():
+    old = last.with_name(LAST + ".old")
+    if not last.exists() and old.exists():  # killed while swapping a new folder checkpoint in
+        log.warning("resuming from %s: the newer checkpoint was not complete", old)
+        return str(old)
+    if not last.exists():
         raise ResumeError(
             f"resume=true but {last} does not exist: pass the run's folder as hydra.run.dir=<run dir> "
             "(the one holding checkpoints/), or a file as ckpt_path=<file>"

@@ -6,7 +6,6 @@ warm start (trl-style: invalid combinations fail early).
 
 from __future__ import annotations
 
-import os
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -150,9 +149,7 @@ def _trainer_problems(trainer):
 
     name = strategy_name(trainer)
     if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
-        yield f"trainer.strategy={name} needs DeepSpeed, which is not installed: pip install deepspeed (on a GPU machine)"
-    if "deepspeed" in name and trainer.get("accelerator") == "cpu":
-        yield f"trainer.strategy={name} shards over GPUs: set trainer.accelerator=gpu, or use trainer=fsdp_sim on CPU"
+        yield f"trainer.strategy={name} needs DeepSpeed, which is not installed: pip install 'perpo[deepspeed]'"
     if trainer.get("accelerator") in ("gpu", "cuda"):
         import torch  # only here: the CPU path validates without importing torch
 
@@ -161,9 +158,3 @@ def _trainer_problems(trainer):
                 f"trainer.accelerator={trainer.get('accelerator')} but torch {torch.__version__} sees no CUDA "
                 "device here; use trainer=cpu (or install a CUDA build of torch on a GPU machine)"
             )
-    if "deepspeed" in name and not os.environ.get("PERPO_EXPERIMENTAL_SHARDED"):
-        yield (
-            f"trainer.strategy={name}: DeepSpeed has not been run with this version (no GPU to check it on; "
-            "the sharded code paths are checked under trainer=fsdp_sim); use trainer=fsdp or trainer=ddp, "
-            "or set PERPO_EXPERIMENTAL_SHARDED=1 to run it anyway"
-        )

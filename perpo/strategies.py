@@ -92,3 +92,22 @@ class FSDPStrategy(LightningFSDPStrategy):
             if self.global_rank == 0:  # the standard layout, as Lightning stores it
                 state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
             return state
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeedStrategy on CPU processes (DeepSpeed's CPU accelerator, gloo), for
+    ``trainer=deepspeed_zero3_sim``: Lightning refuses it before DeepSpeed is asked."""
+
+    def setup_environment(self) -> None:
+        super(DeepSpeedStrategy, self).setup_environment()  # DDPStrategy's; calls setup_distributed
+
+    @property
+    def root_device(self) -> torch.device:  # DeepSpeed reads the local rank from the device index
+        return torch.device("cpu", self.local_rank)
+
+    def setup_distributed(self) -> None:  # Lightning's, less its check of CUDA device indices
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()

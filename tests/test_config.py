@@ -86,12 +86,16 @@ def test_experiment_smoke_overrides_apply():
 
 
 def _refused_here() -> set[tuple[str, str]]:
-    """Trainer choices this CPU box (or this version: DeepSpeed, never run) refuses at start-up."""
+    """Trainer choices this CPU box refuses at start-up (no CUDA; DeepSpeed not installed)."""
+    import importlib.util
+
     import torch
 
-    refused = {("trainer", c) for c in ("deepspeed_zero2", "deepspeed_zero3")}
+    refused = set()
     if not torch.cuda.is_available():
-        refused |= {("trainer", c) for c in ("ddp", "gpu", "fsdp")}
+        refused |= {("trainer", c) for c in ("ddp", "gpu", "fsdp", "deepspeed_zero2", "deepspeed_zero3")}
+    if importlib.util.find_spec("deepspeed") is None:
+        refused |= {("trainer", c) for c in ("deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero2_sim", "deepspeed_zero3_sim")}
     return refused
 
 
@@ -370,6 +374,10 @@ def test_vllm_engine_without_vllm_says_how_to_install(monkeypatch):
     assert "sample.engine=vllm needs vLLM" in message and "sample.engine=transformers" in message
 
 
-def test_sharded_strategies_are_refused_until_checked_on_a_gpu():
-    message = problems_of("trainer=deepspeed_zero3")
-    assert "PERPO_EXPERIMENTAL_SHARDED=1" in message and "trainer=ddp" in message
+def test_deepspeed_without_deepspeed_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    message = problems_of("trainer=deepspeed_zero3_sim")
+    assert "needs DeepSpeed, which is not installed" in message and "perpo[deepspeed]" in message

@@ -24,6 +24,13 @@ from pathlib import Path
 
 import pytest
 
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 BUDGET = [
@@ -54,36 +61,53 @@ def _curve(run_dir: Path, key: str) -> list[float]:
     return [float(r[key]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
+#: 2-process strategies on CPU: DDP, FSDP (torch), DeepSpeed ZeRO-2 and ZeRO-3 (DeepSpeed's CPU
+#: accelerator; perpo.strategies.CPUDeepSpeedStrategy). ZeRO-3 and FSDP shard the parameters.
+NAMES = ["ddp_sim", "fsdp_sim", "deepspeed_zero2_sim", "deepspeed_zero3_sim"]
+
+
+def _param(trainer: str, *more: str):
+    needs = pytest.mark.skipif(trainer.startswith("deepspeed") and not _has("deepspeed"), reason="pip install deepspeed")
+    return pytest.param(trainer, *more, marks=needs, id="-".join((trainer, *more)))
+
+
+TRAINERS = [_param(t) for t in NAMES]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """(root, trainer -> run dir): the one-process reference now, each strategy's run on first use."""
     root = tmp_path_factory.mktemp("ddp")
-    cache = root / "cache"
-    _train(cache, root / "warm", "trainer.max_steps=1")  # the SFT base, cached for both runs below
-    one = _train(cache, root / "one", "data.batch_size=4")
-    two = _train(cache, root / "two", "data.batch_size=2", "trainer=ddp_sim")
-    _train(cache, root / "fsdp", "data.batch_size=2", "trainer=fsdp_sim")
-    return root, one, two
+    _train(root / "cache", root / "warm", "trainer.max_steps=1")  # the SFT base, cached for every run
+    _train(root / "cache", root / "one", "data.batch_size=4")
+    done: dict[str, Path] = {}
+
+    def run(trainer: str, flat: str = "") -> Path:
+        """flat: "" (every list spreads), "rank" (rank 1 keeps none at step 1), "all" (that, and
+        no rank keeps any at step 2)."""
+        name = f"{'flat_' + flat + '_' if flat else ''}{trainer}"
+        if name not in done:
+            extra = ("++reward.fn._target_=tests.user_rewards.length_reward_flat_at", "data.min_margin=0.01") if flat else ()
+            env = {"PERPO_TEST_FLAT_POSITIONS": _flat_positions(every_rank=flat == "all")} if flat else None
+            if trainer == "one":
+                _train(root / "cache", root / name, *extra, "data.batch_size=4", env_extra=env)
+            else:
+                _train(root / "cache", root / name, *extra, "data.batch_size=2", f"trainer={trainer}", env_extra=env)
+            done[name] = root / name
+        return done[name]
+
+    done["one"] = root / "one"
+    return root, run
 
 
-def _flat_positions() -> str:
-    """Train positions whose lists come out flat (dropped): rank 1's whole share of step 1 and the
-    whole global batch of step 2 (GlobalBatchSampler with the run's seed 42, global batch 4)."""
+def _flat_positions(every_rank: bool) -> str:
+    """Train positions whose lists come out flat (dropped): rank 1's whole share of step 1 and, if
+    ``every_rank``, the whole global batch of step 2 (GlobalBatchSampler with the run's seed 42,
+    global batch 4)."""
     from perpo.datamodule import GlobalBatchSampler
 
     shares = [list(GlobalBatchSampler(32, 2, seed=42, rank=r, world_size=2)) for r in (0, 1)]
-    return ",".join(str(p) for p in shares[1][1] + shares[0][2] + shares[1][2])
-
-
-@pytest.fixture(scope="module")
-def flat_runs(runs):
-    """One process vs ddp_sim vs fsdp_sim when some ranks keep no list."""
-    root = runs[0]
-    env = {"PERPO_TEST_FLAT_POSITIONS": _flat_positions()}
-    flat = ("++reward.fn._target_=tests.user_rewards.length_reward_flat_at", "data.min_margin=0.01")
-    _train(root / "cache", root / "flat_one", *flat, "data.batch_size=4", env_extra=env)
-    for name, trainer in (("flat_ddp", "ddp_sim"), ("flat_fsdp", "fsdp_sim")):
-        _train(root / "cache", root / name, *flat, "data.batch_size=2", f"trainer={trainer}", env_extra=env)
-    return root
+    return ",".join(str(p) for p in shares[1][1] + (shares[0][2] + shares[1][2] if every_rank else []))
 
 
 def _weights(run_dir: Path) -> dict:
@@ -97,55 +121,56 @@ def _largest_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("run", ["two", "fsdp"], ids=["ddp_sim", "fsdp_sim"])
-def test_multi_process_follows_the_single_process_loss_curve(runs, run):
-    root, one_s, two_s = runs
-    for key in ("train/loss", "train/reward_mean", "train/pair_accuracy"):
-        single, ddp = _curve(root / "one", key), _curve(root / run, key)
-        assert len(single) == len(ddp) == STEPS, (key, single, ddp)
-        assert ddp == pytest.approx(single, abs=2e-4), key
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_multi_process_follows_the_single_process(runs, trainer):
+    """Loss curve, logged metrics and list counts as one process; final weights to 1e-4 (under
+    FSDP / ZeRO-3 gathered from the two ranks' shards: perpo.pipeline._trained_policy)."""
     import json
 
-    one, two = (json.loads((root / d / "results.json").read_text()) for d in ("one", run))
+    root, run = runs
+    multi = run(trainer)
+    for key in ("train/loss", "train/reward_mean", "train/pair_accuracy"):
+        single, other = _curve(root / "one", key), _curve(multi, key)
+        assert len(single) == len(other) == STEPS, (key, single, other)
+        assert other == pytest.approx(single, abs=2e-4), key
+    assert len(set(_curve(root / "one", "train/loss"))) > 1  # the policy moved: not a flat curve
+    one, two = (json.loads((d / "results.json").read_text()) for d in (root / "one", multi))
     assert two["list_counters"] == one["list_counters"]  # summed over the two ranks
     assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125
-    losses = _curve(root / "one", "train/loss")
-    assert len(set(losses)) > 1  # the policy moved: not a flat curve compared with itself
-    print(f"step time ratio ddp_sim / one process (whole run, incl. start-up): {two_s / one_s:.2f}")
-
-
-@pytest.mark.parametrize("run", ["two", "fsdp"], ids=["ddp_sim", "fsdp_sim"])
-def test_multi_process_final_weights_match_the_single_process(runs, run):
-    """fsdp_sim: the weights saved are gathered from the two ranks' shards (perpo.pipeline._trained_policy)."""
-    root = runs[0]
-    one = _weights(root / "one")
-    largest = _largest_difference(one, _weights(root / run))
-    moved = _largest_difference(one, _weights(root / "warm"))
+    largest = _largest_difference(_weights(root / "one"), _weights(multi))
+    moved = _largest_difference(_weights(root / "one"), _weights(root / "warm"))
     assert largest < 1e-4 < moved, (largest, moved)
-    print(f"{run}: largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
+    print(f"{trainer}: largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
 
 
-@pytest.mark.parametrize("run", ["flat_ddp", "flat_fsdp"], ids=["ddp_sim", "fsdp_sim"])
-def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(flat_runs, run):
-    """Step 1: rank 1 kept no list (it runs a zero-weight step, rank 0 weighs its lists by
-    world / kept); step 2: no rank kept any (no update anywhere). Same curve and weights as one
-    process, and no hang."""
+# ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked above
+FLAT_CASES = [_param(t, "rank") for t in NAMES if t != "deepspeed_zero2_sim"] + [_param("ddp_sim", "all"), _param("fsdp_sim", "all")]
+
+
+@pytest.mark.parametrize(("trainer", "flat"), FLAT_CASES)
+def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(runs, trainer, flat):
+    """Step 1: rank 1 keeps no list (it runs a zero-weight step, rank 0 weighs its lists by
+    world / kept). "all": at step 2 no rank keeps any either (DDP / FSDP: no update anywhere, as
+    one process; DeepSpeed steps its optimizer on zero gradients there, so it is not in "all").
+    Same curves, counts and weights as one process, and no hang."""
     import json
 
-    root = flat_runs
+    root, run = runs
+    single_dir, multi_dir = run("one", flat=flat), run(trainer, flat=flat)
     for key in ("train/loss", "train/kept_fraction", "train/pair_accuracy"):
-        single, multi = _curve(root / "flat_one", key), _curve(root / run, key)
+        single, multi = _curve(single_dir, key), _curve(multi_dir, key)
         assert len(single) == len(multi) == STEPS, (key, single, multi)
         assert multi == pytest.approx(single, abs=2e-4), key
-    kept = _curve(root / run, "train/kept_fraction")
-    assert kept[1] <= 0.5 and kept[2] == 0.0, kept  # the flat steps happened as planned
-    assert _largest_difference(_weights(root / "flat_one"), _weights(root / run)) < 1e-4
-    one, two = (json.loads((root / d / "results.json").read_text()) for d in ("flat_one", run))
+    kept = _curve(multi_dir, "train/kept_fraction")
+    assert kept[1] <= 0.5, kept  # the flat step happened as planned
+    assert kept[2] == 0.0 if flat == "all" else kept[2] > 0.0, kept
+    assert _largest_difference(_weights(single_dir), _weights(multi_dir)) < 1e-4
+    one, two = (json.loads((d / "results.json").read_text()) for d in (single_dir, multi_dir))
     assert two["list_counters"] == one["list_counters"]
-    assert one["list_counters"]["lists_kept"] <= 16 - 6  # the 6 flat lists were dropped
+    assert one["list_counters"]["lists_kept"] <= 16 - (6 if flat == "all" else 2)  # the flat lists were dropped
 
 
-@pytest.mark.parametrize("trainer", ["ddp_sim", "fsdp_sim"])
+@pytest.mark.parametrize("trainer", [_param(t) for t in NAMES if t != "deepspeed_zero2_sim"])  # ZeRO-2 resumes as ZeRO-3
 def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
     """Both ranks killed (SIGKILL to the process group) after the first checkpoint, then
     resume=true: the same final weights and summed list counters as an uninterrupted run (the
@@ -157,7 +182,7 @@ def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
     import torch
     from safetensors.torch import load_file
 
-    root, _, _ = runs
+    root, _ = runs
     cache = root / "cache"
     extra = ("data.batch_size=2", f"trainer={trainer}", "checkpoint.enabled=true", "checkpoint.every_n_steps=2",
              "trainer.max_steps=6", "data.min_margin=0.3")  # fmt: skip
@@ -176,7 +201,8 @@ def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
     os.killpg(proc.pid, signal.SIGKILL)  # rank 0 and the rank-1 process it launched
     proc.wait()
     assert not (killed / "results.json").exists()
-    assert 2 <= torch.load(last, weights_only=False)["global_step"] < 6
+    state = next(last.glob("checkpoint/*model_states.pt")) if last.is_dir() else last  # DeepSpeed: a folder
+    assert 2 <= torch.load(state, weights_only=False)["global_step"] < 6
     _train(cache, killed, *extra, "resume=true")
     a = load_file(next((root / f"{trainer}_full" / "model").glob("*.safetensors")))
     b = load_file(next((killed / "model").glob("*.safetensors")))

@@ -2,9 +2,7 @@
 the ablation sweeps in sweeps/. Composition and validation only: no model is loaded, nothing trained.
 
 On this CPU box validation may refuse a paper row only for what the box lacks: DeepSpeed (ZeRO-3
-rows) and CUDA (every row asks for a GPU). Sharded strategies are still behind an opt-in
-environment variable in this version (PERPO_EXPERIMENTAL_SHARDED); the tests set it, as a GPU run
-of the release's ZeRO-3 setting would.
+rows, when it is not installed) and CUDA (every row asks for a GPU).
 """
 
 from __future__ import annotations
@@ -50,11 +48,6 @@ def compose_sweep(name: str, *overrides: str, hydra: bool = False):
             config_name=name, overrides=[f"hydra.searchpath=[file://{CONF}]", *NO_HYDRA_PATHS, *overrides],
             return_hydra_config=hydra,
         )  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _experimental_strategies(monkeypatch):
-    monkeypatch.setenv("PERPO_EXPERIMENTAL_SHARDED", "1")
 
 
 def machine_only_problems(cfg) -> list[str]:
