@@ -3,13 +3,15 @@
 ``transformers`` (default): :func:`perpo.sampling.generate` on the loaded model -- CPU and GPU,
 one prefill per prompt, per-record seeds. ``vllm`` (optional extra, GPUs): vLLM's offline
 ``LLM.generate`` with the image as multi-modal input and one seed per request, the usual choice
-at scale. Both return token ids per prompt and sample, ending with EOS when the answer ended.
+at scale. Both return token ids per prompt and sample, ending with perpo's EOS when the answer
+ended (vLLM is told to stop at it: the family's ``model.eos_token`` may differ from the
+checkpoint's generation config).
 
 The vLLM engine is written against vLLM's documented offline API (``LLM``, ``SamplingParams``
-with ``n`` and ``seed``, ``{"prompt", "multi_modal_data": {"image": PIL}}`` inputs) and is NOT
-exercised by the test suite: vLLM has no CPU build on the package registry this project is
-developed against. ``perpo.config`` refuses ``sample.engine=vllm`` at start-up when it is not
-installed.
+with ``n``, ``seed`` and ``stop_token_ids``, ``{"prompt", "multi_modal_data": {"image": PIL}}``
+inputs). The test suite runs it end to end through ``sample.py`` against a stand-in of that API
+(``tests/fake_vllm``), not vLLM itself: vLLM has no CPU build on the package registry.
+``perpo.config`` refuses ``sample.engine=vllm`` at start-up when it is not installed.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from typing import Any, Sequence
 
 
 class VLLMEngine:
-    def __init__(self, path: str, *, dtype: str = "bfloat16", max_model_len: int | None = None, **kwargs: Any):
+    """``path``: the checkpoint (the same the transformers model was loaded from); ``eos_token_id``:
+    perpo's EOS; ``options``: keyword arguments of ``vllm.LLM`` (``sample.vllm`` in config)."""
+
+    def __init__(self, path: str, *, eos_token_id: int, dtype: str = "bfloat16", **options: Any):
         from vllm import LLM
 
-        self.llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, **kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.llm = LLM(model=str(path), dtype=dtype, **options)
+        self.eos = int(eos_token_id)
 
     def generate(
         self,
@@ -39,17 +44,19 @@ class VLLMEngine:
 
         requests = [{"prompt": p, "multi_modal_data": {"image": image}} for p, image in zip(prompts, images)]
         params = [
-            SamplingParams(n=num_return_sequences, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed % 2**31)
+            SamplingParams(
+                n=num_return_sequences, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                seed=seed % 2**31, stop_token_ids=[self.eos],
+            )  # fmt: skip
             for seed in row_seeds
         ]
-        eos = self.tokenizer.eos_token_id
         out = []
         for result in self.llm.generate(requests, params, use_tqdm=False):
             row = []
             for completion in result.outputs:
                 ids = list(completion.token_ids)
-                if completion.finish_reason == "stop" and (not ids or ids[-1] != eos):
-                    ids.append(eos)  # scored like every other answer: text + EOS
-                row.append(ids or [eos])
+                if completion.finish_reason == "stop" and (not ids or ids[-1] != self.eos):
+                    ids.append(self.eos)  # scored like every other answer: text + EOS
+                row.append(ids or [self.eos])
             out.append(row)
         return out

@@ -215,6 +215,7 @@ def sample_meta(cfg: DictConfig, base_path: Path, num_records: int) -> dict:
         "temperature": float(cfg.sampling.temperature),
         "top_p": float(cfg.sampling.top_p),
         "seed": int(cfg.sample.seed),
+        "engine": cfg.sample.get("engine", "transformers"),  # other engines draw other answers
         "chunk_size": int(cfg.sample.chunk_size),
         "ref_logps": bool(cfg.sample.ref_logps),
         "box_format": cfg.model.box_format,
@@ -266,7 +267,8 @@ def run_sampling(cfg: DictConfig) -> dict:
         if cfg.sample.get("engine", "transformers") == "vllm":
             from perpo.engines import VLLMEngine
 
-            engine = VLLMEngine(base_path, dtype=str(cfg.model.dtype))
+            options = OmegaConf.to_container(cfg.sample.get("vllm") or {}, resolve=True)
+            engine = VLLMEngine(base_path, eos_token_id=processor.tokenizer.eos_token_id, dtype=str(cfg.model.dtype), **options)
         rows_done = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine if i in done)
         rows_mine = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine)
         bar = tqdm(total=rows_mine, initial=rows_done, unit="rows", desc=f"sample N={cfg.listsize}", dynamic_ncols=True)

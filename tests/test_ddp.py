@@ -143,7 +143,7 @@ def test_multi_process_follows_the_single_process(runs, trainer):
     print(f"{trainer}: largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
 
 
-# ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked above
+# ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked by the ddp_sim cases
 FLAT_CASES = [_param(t, "rank") for t in NAMES if t != "deepspeed_zero2_sim"] + [_param("ddp_sim", "all"), _param("fsdp_sim", "all")]
 
 

@@ -332,3 +332,58 @@ def test_two_ranks_sample_disjoint_chunks_and_together_equal_one_process(sampled
             assert done == [0, 2, 4, 6, 8, 10] and not (out / "summary.json").exists()
     assert _shard_rows(out) == _shard_rows(root / "lists_full")
     assert json.loads((out / "summary.json").read_text()) == json.loads((root / "lists_full" / "summary.json").read_text())
+
+
+def test_sample_py_with_the_vllm_engine_against_a_stand_in(sampled):
+    """``sample.engine=vllm`` end to end through sample.py, with ``tests/fake_vllm`` (vLLM's
+    documented offline API, transformers underneath) first on PYTHONPATH: the requests carry the
+    chat prompt with one image placeholder and the PIL image, one seeded SamplingParams per
+    record with N, the sampling settings, perpo's EOS as stop token and the sample.vllm options;
+    answers end with EOS whether or not vLLM kept it; the stored lists are complete, their
+    rewards are those of their answers, and reference log-probs are stored. The meta records
+    the engine, so a resume with the other engine is refused."""
+    import pyarrow.parquet as pq
+
+    from perpo.sampling import record_seed
+
+    root, cache = sampled
+    out = root / "lists_vllm"
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "fake_vllm"), env.get("PYTHONPATH", "")])
+    env["FAKE_VLLM_LOG"] = str(root / "vllm_calls.jsonl")
+    cmd = _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={root / 'run_vllm'}", "sample.engine=vllm",
+               "sample.vllm.gpu_memory_utilization=0.3")  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["records"] == 96 and sum(summary["hist"]) == 96 * 4
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["engine"] == "vllm"
+    rows = [r for shard in sorted((out / "data").glob("chunk-*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    assert len(rows) == summary["kept"] > 0
+    from transformers import AutoTokenizer
+
+    base = json.loads((out / "meta.json").read_text())["base"]
+    tok = AutoTokenizer.from_pretrained(base)
+    for row in rows:
+        assert len(row["answers"]) == len(row["answer_ids"]) == len(row["ref_logps"]) == 4
+        for text, ids in zip(row["answers"], row["answer_ids"]):
+            assert tok.decode(ids, skip_special_tokens=True).strip() == text
+    ended = [ids for row in rows for ids in row["answer_ids"] if len(ids) < 4 + 60]
+    assert any(ids[-1] == tok.eos_token_id for ids in ended)  # EOS kept or appended
+    calls = [json.loads(line) for line in (root / "vllm_calls.jsonl").read_text().splitlines()]
+    assert calls[0]["init"]["gpu_memory_utilization"] == 0.3  # sample.vllm.* reach vllm.LLM
+    requests = [(p, q) for c in calls[1:] for p, q in zip(c["prompts"], c["params"])]
+    assert len(requests) == 96
+    for prompt, params in requests:
+        assert prompt.count("<image>") == 1
+        assert params["n"] == 4 and params["stop_token_ids"] == [tok.eos_token_id]
+        assert params["temperature"] == 1.0 and params["top_p"] == 1.0
+    seeds = {params["seed"] for _, params in requests}
+    assert record_seed(42, 0, rows[0]["id"]) % 2**31 in seeds  # each record's own seed
+    # the other engine on the same folder: refused, naming the key
+    again = subprocess.run(
+        _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={root / 'run_vllm2'}"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert again.returncode != 0 and "engine: stored 'vllm', now 'transformers'" in again.stdout + again.stderr
