@@ -202,6 +202,28 @@ def test_hub_like_path_fails_with_data_error_offline(monkeypatch, cache):
     assert "no-such-owner/no-such-set" in str(err.value)
 
 
+def test_hub_id_goes_to_datasets_as_a_hub_dataset(refcoco_dir, cache, monkeypatch):
+    """``data.path=lmms-lab/RefCOCO`` (a hub id, no such local folder): the id itself is handed to
+    ``datasets.load_dataset_builder`` and its data files read as the local copy's would be. The hub
+    is out of reach here, so the builder call is answered from the local copy of the same layout:
+    what this checks is perpo's side (hub ids recognised, split files picked, records converted)."""
+    real = datasets.load_dataset_builder
+    asked = []
+
+    def from_local_copy(source, **kwargs):
+        asked.append(source)
+        assert source == "lmms-lab/RefCOCO" and not kwargs.get("data_dir")
+        return real(str(refcoco_dir), **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", from_local_copy)
+    hub, hub_report = load_split(refcoco_cfg("lmms-lab/RefCOCO", cache), "val", task="grounding")
+    monkeypatch.setattr(datasets, "load_dataset_builder", real)
+    local, local_report = load_split(refcoco_cfg(refcoco_dir, cache), "val", task="grounding")
+    assert asked == ["lmms-lab/RefCOCO"]
+    assert rows_of(hub) == rows_of(local) and len(hub) > 0
+    assert hub_report.counts == local_report.counts and hub_report.skipped == 4  # same rows skipped, same reasons
+
+
 # ----- ocr_pages: an imagefolder with metadata.jsonl ------------------------------------------
 def test_ocr_pages_imagefolder(tmp_path, cache):
     root = tmp_path / "pages" / "test"

@@ -272,6 +272,7 @@ def test_multirun_with_a_failing_job_and_wandb_offline(cache, first_run, tmp_pat
         "WANDB_API_KEY": "",
         "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
         "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
         "WANDB_SILENT": "true",
         "OMP_NUM_THREADS": "1",
     }
@@ -295,6 +296,11 @@ def test_multirun_with_a_failing_job_and_wandb_offline(cache, first_run, tmp_pat
     table = json.loads(next(runs[0].rglob("samples/lists_*.table.json")).read_text())
     assert table["columns"] == ["id", "image", "prompt", "target", "answers", "rewards", "best", "kept"]
     assert len(table["data"]) == 4 and all(len(row[5]) == 4 for row in table["data"])  # 4 lists of N=4 rewards
+    # The run's copy of the table names its image cells only ("Image"); the table itself, images
+    # included, goes to W&B as the run's table artifact, staged until `wandb sync` uploads it.
+    assert b"samples/lists.table.json" in next(runs[0].glob("*.wandb")).read_bytes()
+    staged = list((tmp_path / "wandb-data").rglob("artifacts/staging/*"))
+    assert sum(1 for f in staged if f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n") >= 3 * 4  # 4 drawn images per run
     assert "wandb login" not in proc.stderr.lower()
 
 
