@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from subprocess_runs import REPO, script_env
 
-REPO = Path(__file__).resolve().parents[1]
 BUDGET = [
     "warmstart.steps=20", "warmstart.batch_size=8", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
     "data.batch_size=4", "listsize=4", "data.min_margin=0.0", "data.max_empty_steps=1000", "eval.batch_size=8",
@@ -27,9 +26,7 @@ BUDGET = [
 
 
 def _train(tmp: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["OMP_NUM_THREADS"] = "1"
-    env["HF_DATASETS_CACHE"] = str(tmp / "hf")
+    env = script_env(HF_DATASETS_CACHE=str(tmp / "hf"))
     run_dir = tmp / "run"
     proc = subprocess.run(
         [sys.executable, "train.py", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}", *BUDGET, *overrides],
@@ -144,8 +141,7 @@ def test_evaluate_on_a_source_split_by_its_own_name(tmp_path):
 
     root = write_refcoco(tmp_path / "refcoco", splits=("testB",))  # no val / testA files at all
     checkpoint = ensure_tiny(tmp_path / "tiny")
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    env = script_env(HF_DATASETS_CACHE=str(tmp_path / "hf"))
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "evaluate.py", "data=refcoco", f"data.path={root}", "eval.split=testB",

@@ -18,11 +18,11 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from subprocess_runs import REPO, WARM_START, run_script, script_cmd, script_env
 
 
 def _has(module: str) -> bool:
@@ -31,11 +31,9 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 BUDGET = [
-    "warmstart.steps=30", "warmstart.batch_size=16", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
-    "data.sizes.train=32", "data.sizes.val=4", "data.sizes.test=8", "listsize=4", "data.min_margin=0.0",
+    *WARM_START, "data.sizes.train=32", "data.sizes.val=4", "data.sizes.test=8", "listsize=4", "data.min_margin=0.0",
     "data.max_empty_steps=1000", "eval.batch_size=8", "optim.lr=1e-3", "eval.image_check=false",
     "+reward.fn._target_=tests.user_rewards.length_reward", f"trainer.max_steps={STEPS}",
     "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1", "checkpoint.enabled=false",
@@ -43,15 +41,11 @@ BUDGET = [
 
 
 def _train(cache: Path, run_dir: Path, *overrides: str, env_extra: dict | None = None) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(env_extra or {})
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *BUDGET, *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=500,
+    run_script(
+        "train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *BUDGET, *overrides,
+        env=script_env(**(env_extra or {})),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return time.perf_counter() - start
 
 
@@ -188,11 +182,9 @@ def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
              "trainer.max_steps=6", "data.min_margin=0.3")  # fmt: skip
     _train(cache, root / f"{trainer}_full", *extra)
     killed = root / f"{trainer}_killed"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(
-        [sys.executable, "train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={killed}", *BUDGET, *extra],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        script_cmd("train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={killed}", *BUDGET, *extra),
+        cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300

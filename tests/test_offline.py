@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from subprocess_runs import REPO, WARM_START, script_env
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 no_trainer_log_warning = pytest.mark.filterwarnings("ignore:You are trying to .self.log:UserWarning")
 
 
@@ -182,16 +182,11 @@ def test_cached_reference_without_stored_logps_names_the_fix(tiny):
 # -- sample.py and train.py, subprocesses ------------------------------------------------------
 
 BUDGET = [
-    "warmstart.steps=30", "warmstart.batch_size=16", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
-    "data.sizes.train=96", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
+    *WARM_START, "data.sizes.train=96", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
     "data.min_margin=0.0", "eval.batch_size=8", "sample.chunk_size=8", "sample.batch_size=8",
 ]  # fmt: skip
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 def _cmd(script: str, cache: Path, *overrides: str) -> list[str]:
@@ -201,7 +196,7 @@ def _cmd(script: str, cache: Path, *overrides: str) -> list[str]:
 def _sample(cache: Path, out: Path, run_dir: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={run_dir}"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -247,7 +242,7 @@ def test_sample_py_killed_mid_run_resumes_to_the_same_lists(sampled):
     out, run_dir = root / "lists_killed", root / "run_killed"
     proc = subprocess.Popen(
         _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={run_dir}"),
-        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "progress" / "chunk-00001.json").exists():
@@ -269,7 +264,7 @@ def test_changed_settings_into_the_same_folder_are_refused(sampled):
     root, cache = sampled
     proc = subprocess.run(
         _cmd("sample.py", cache, f"sample.out_dir={root / 'lists_full'}", "listsize=5", f"hydra.run.dir={root / 'r5'}"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "listsize: stored 4, now 5" in proc.stderr
@@ -283,7 +278,7 @@ def test_train_on_stored_lists_with_cached_reference(sampled):
             "train.py", cache, f"data.lists={root / 'lists_full'}", "reference=cached", "trainer.max_steps=3",
             "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", "optim.lr=1e-2",
         ),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -299,7 +294,7 @@ def test_cached_reference_needs_lists_and_unfinished_lists_are_refused(sampled, 
     root, cache = sampled
     proc = subprocess.run(
         _cmd("train.py", cache, "reference=cached", f"hydra.run.dir={tmp_path / 'a'}"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "set data.lists=" in proc.stderr
     unfinished = root / "lists_killed_copy"
@@ -310,7 +305,7 @@ def test_cached_reference_needs_lists_and_unfinished_lists_are_refused(sampled, 
     (unfinished / "progress" / "chunk-00003.json").unlink()
     proc = subprocess.run(
         _cmd("train.py", cache, f"data.lists={unfinished}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'b'}"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "unfinished (11 of 12 chunks)" in proc.stderr
 
@@ -324,7 +319,7 @@ def test_two_ranks_sample_disjoint_chunks_and_together_equal_one_process(sampled
         proc = subprocess.run(
             _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={root / f'rank{rank}'}",
                  f"sample.rank={rank}", "sample.world_size=2"),
-            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+            cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=400,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         done = sorted(int(p.stem.split("-")[1]) for p in (out / "progress").glob("chunk-*.json"))
@@ -348,7 +343,7 @@ def test_sample_py_with_the_vllm_engine_against_a_stand_in(sampled):
 
     root, cache = sampled
     out = root / "lists_vllm"
-    env = _env()
+    env = script_env()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "fake_vllm"), env.get("PYTHONPATH", "")])
     env["FAKE_VLLM_LOG"] = str(root / "vllm_calls.jsonl")
     cmd = _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={root / 'run_vllm'}", "sample.engine=vllm",
@@ -384,6 +379,6 @@ def test_sample_py_with_the_vllm_engine_against_a_stand_in(sampled):
     # the other engine on the same folder: refused, naming the key
     again = subprocess.run(
         _cmd("sample.py", cache, f"sample.out_dir={out}", f"hydra.run.dir={root / 'run_vllm2'}"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert again.returncode != 0 and "engine: stored 'vllm', now 'transformers'" in again.stdout + again.stderr

@@ -10,7 +10,6 @@ change the final weights.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,13 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from subprocess_runs import REPO, WARM_START, script_env
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 BUDGET = [
-    "warmstart.steps=30", "warmstart.batch_size=16", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
-    "data.sizes.train=40", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
+    *WARM_START, "data.sizes.train=40", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
     "data.min_margin=0.0", "data.max_empty_steps=1000", "eval.batch_size=8", "optim.lr=1e-3",
     "+reward.fn._target_=tests.user_rewards.length_reward", f"trainer.max_steps={STEPS}",
     "checkpoint.every_n_steps=2", "trainer.val_check_interval=4",
@@ -35,21 +33,17 @@ def _cmd(cache: Path, run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *BUDGET, *extra]
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["OMP_NUM_THREADS"] = "1"  # bitwise reproducibility holds per thread count
-    return env
 
 
 def _run(cache: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_cmd(cache, run_dir, *extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(_cmd(cache, run_dir, *extra), cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
 def _interrupt(cache: Path, run_dir: Path, sig: int) -> int:
     """Start a run, send ``sig`` once its first checkpoint is on disk; returns the exit code."""
-    proc = subprocess.Popen(_cmd(cache, run_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(_cmd(cache, run_dir), cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and not last.exists() and proc.poll() is None:
@@ -124,7 +118,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(uninterrupte
 
 def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
     proc = subprocess.run(
-        _cmd(tmp_path / "cache", tmp_path / "nothing", "resume=true"), cwd=REPO, env=_env(), capture_output=True,
+        _cmd(tmp_path / "cache", tmp_path / "nothing", "resume=true"), cwd=REPO, env=script_env(), capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2

@@ -4,26 +4,19 @@ validation metric (3 short trials on the tiny default), and the SLURM launcher c
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from subprocess_runs import REPO, WARM_START, script_env
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
 BUDGET = [
-    "warmstart.steps=30", "warmstart.batch_size=16", "warmstart.lr=5e-3", "warmstart.warmup_steps=0",
-    "data.sizes.train=32", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
+    *WARM_START, "data.sizes.train=32", "data.sizes.val=4", "data.sizes.test=8", "data.batch_size=4", "listsize=4",
     "data.min_margin=0.0", "eval.batch_size=8", "data.max_empty_steps=1000", "trainer.max_steps=2",
 ]  # fmt: skip
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def test_optuna_sweep_maximizes_the_validation_metric(tmp_path):
@@ -32,7 +25,7 @@ def test_optuna_sweep_maximizes_the_validation_metric(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", "--config-dir", "sweeps", "--config-name", "optuna", f"paths.cache_dir={tmp_path / 'c'}",
          *BUDGET, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=500,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=500,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -52,7 +45,7 @@ def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     proc = subprocess.run(
         [sys.executable, "train.py", "--config-dir", "sweeps", "--config-name", "slurm", "trainer=ddp", "--cfg", "hydra"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
