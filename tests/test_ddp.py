@@ -137,6 +137,22 @@ def test_multi_process_follows_the_single_process(runs, trainer):
     print(f"{trainer}: largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
 
 
+def test_fsdp_with_lora_and_the_adapter_off_reference(runs):
+    """FSDP units mixing frozen base weights and trainable LoRA matrices (use_orig_params), the
+    reference being the same sharded policy with its adapter disabled: same loss curve and merged
+    final weights as one process."""
+    root, _ = runs
+    lora = ("+model.lora={enabled: true, r: 4, alpha: 8, dropout: 0.0, target_modules: null, save: merged}",
+            "reference=adapter_off")  # fmt: skip
+    _train(root / "cache", root / "lora_one", *lora, "data.batch_size=4")
+    _train(root / "cache", root / "lora_fsdp", *lora, "data.batch_size=2", "trainer=fsdp_sim")
+    single, multi = _curve(root / "lora_one", "train/loss"), _curve(root / "lora_fsdp", "train/loss")
+    assert len(single) == len(multi) == STEPS and multi == pytest.approx(single, abs=2e-4)
+    assert len(set(single)) > 1
+    largest = _largest_difference(_weights(root / "lora_one"), _weights(root / "lora_fsdp"))
+    assert largest < 1e-4, largest
+
+
 # ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked by the ddp_sim cases
 FLAT_CASES = [_param(t, "rank") for t in NAMES if t != "deepspeed_zero2_sim"] + [_param("ddp_sim", "all"), _param("fsdp_sim", "all")]
 
