@@ -4,8 +4,8 @@
 # Needs GPUs, the checkpoints (hub) and the release's scored lists with COCO train2014 images.
 #   bash sweeps/paper_grounding.sh llava15 data.path=/data/perpo/refcoco_lists.jsonl data.options.image_dir=/data/coco/train2014
 #   SEED=1 bash sweeps/paper_grounding.sh llava_onevision data.path=... trainer=gpu
-# The rows train with DeepSpeed ZeRO-3 (as released); this version refuses sharded strategies at
-# start-up unless PERPO_EXPERIMENTAL_SHARDED=1 is set: on one GPU pass trainer=gpu, on several trainer=ddp.
+# The rows train with DeepSpeed ZeRO-3 (as released; pip install 'perpo[deepspeed]'); on one GPU pass
+# trainer=gpu, or trainer=fsdp / trainer=ddp on several.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:-}"

@@ -4,8 +4,8 @@
 # split itself: results.json "after"), then the table with the paper's numbers beside ours.
 # Needs GPUs, the authors' OCR checkpoint in transformers format and page data (neither is on the hub).
 #   bash sweeps/paper_ocr.sh ocr25k model.path=/ckpt/llava-next-ocr25k data.path=/data/pages
-# The rows train with DeepSpeed ZeRO-3 (as released); this version refuses sharded strategies at
-# start-up unless PERPO_EXPERIMENTAL_SHARDED=1 is set: on one GPU pass trainer=gpu, on several trainer=ddp.
+# The rows train with DeepSpeed ZeRO-3 (as released; pip install 'perpo[deepspeed]'); on one GPU pass
+# trainer=gpu, or trainer=fsdp / trainer=ddp on several.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variant="${1:-}"
