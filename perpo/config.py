@@ -6,7 +6,6 @@ warm start (trl-style: invalid combinations fail early).
 
 from __future__ import annotations
 
-
 from omegaconf import DictConfig, OmegaConf
 
 from perpo.rewards import REWARD_TASKS

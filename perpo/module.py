@@ -179,6 +179,7 @@ class PerPOModule(L.LightningModule):
         self.reference = None if loss == "sft" else make_reference(reference, policy)
         self.val_metrics = TaskMetrics(task.name, box_format=family.box_format_name)
         self._empty_steps = 0
+        self._nothing_kept = False  # this step's global batch kept no list (set by training_step)
         self.recent_lists: list | None = None
         self.reward_history: deque[float] = deque(maxlen=20_000)  # since the last histogram
         self.counters = {"lists_seen": 0, "lists_kept": 0, "answers": 0, "unparsed": 0, "degenerate": 0}
@@ -372,7 +373,7 @@ class PerPOModule(L.LightningModule):
         # Every list of the global batch dropped (multi-process: the zero-weight step ran on every
         # rank): no update. Gradients None, not zero, else AdamW's moments would still move the
         # weights -- as in one process, where training_step returned None.
-        if getattr(self, "_nothing_kept", False):
+        if self._nothing_kept:
             optimizer.zero_grad(set_to_none=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
