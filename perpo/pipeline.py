@@ -373,7 +373,7 @@ def _trained_policy(cfg: DictConfig, trainer, module, base_path: Path, splits):
         return module.policy
     if isinstance(strategy, LightningFSDPStrategy):
         state = strategy.lightning_module_state_dict()  # full on rank 0 (trainer.strategy.state_dict_type: full)
-    else:  # DeepSpeed ZeRO-3 (experimental: never run by this version)
+    else:  # DeepSpeed ZeRO-3 (checked on CPU: trainer=deepspeed_zero3_sim)
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
