@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from perpo.cli import run_guarded
+    from perpo.commands.cli import run_guarded
 
     def job(cfg):
-        from perpo.pipeline import evaluate_only
+        from perpo.commands.evaluate import evaluate_only
 
         return evaluate_only(cfg)
 

@@ -16,10 +16,10 @@ log = logging.getLogger("perpo")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from perpo.cli import run_guarded
+    from perpo.commands.cli import run_guarded
 
     def job(cfg):
-        from perpo.offline import run_sampling
+        from perpo.commands.sample import run_sampling
 
         return run_sampling(cfg)
 

@@ -15,10 +15,10 @@ log = logging.getLogger("perpo")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from perpo.cli import run_guarded
+    from perpo.commands.cli import run_guarded
 
     def job(cfg):
-        from perpo.pipeline import run
+        from perpo.commands.train import run
 
         return run(cfg)
 

@@ -1,6 +1,6 @@
 """CPU benchmark: one full PerPO training step for every tiny model family, and reference memory.
 
-For every family of ``perpo.models.tiny_families``: build the tiny random-init instance, write it
+For every family of ``perpo.testing.tiny_families``: build the tiny random-init instance, write it
 with ``save_pretrained`` to a temporary folder, load it back with ``perpo.models.loading.load_model``
 (as the pipeline does: ``eos_token`` and ``attn_implementation`` from ``conf/model/<family>.yaml``,
 fp32 on CPU), apply LoRA (r 8, alpha 16, ``apply_lora`` defaults otherwise: dropout 0.05, every
@@ -9,7 +9,7 @@ language-model linear layer, projector trained in full) and build the pipeline's
 reference ``copy``). Then time ``module.training_step`` + ``loss.backward()`` + AdamW step on 4
 grounding records from ``make_records`` -- no Lightning Trainer, the step code is the pipeline's:
 
-    sample N answers (perpo.sampling.generate) -> rewards -> keep lists with spread
+    sample N answers (perpo.sampling.generation.generate) -> rewards -> keep lists with spread
     -> encode_prefixes / build_list_batch -> policy log-probs (grad) -> reference log-probs
     -> perpo_loss -> backward -> AdamW step
 
@@ -19,7 +19,7 @@ weights almost never write a parseable box, so every reward would be 0, every li
 loss computed. The value handed to the loss is therefore replaced by U(0, 1) from a seeded
 generator (min_margin 0): every list is kept and the loss and its backward are the real ones.
 
-"sampling" is the time inside ``perpo.sampling.generate`` (wrapped here); "scoring+backward" is
+"sampling" is the time inside ``perpo.sampling.generation.generate`` (wrapped here); "scoring+backward" is
 the rest of the step (rewards, batch building, policy and reference forwards, loss, backward,
 AdamW); "of which reference" is the reference's ``logps``.
 
@@ -93,7 +93,7 @@ def load(name: str, folder: Path):
         del model, processor
         eos, attn, box_format = None, "sdpa", "norm2"
     else:
-        from perpo.models.tiny_families import save_tiny_family
+        from perpo.testing.tiny_families import save_tiny_family
 
         save_tiny_family(name, folder)
         cfg = model_conf(name)
@@ -114,7 +114,7 @@ class TimedReward:
     """The pipeline's reward (iou, family box format) is computed; U(0, 1) goes to the loss."""
 
     def __init__(self, box_format: str, seed: int = 0):
-        from perpo.rewards import get_reward
+        from perpo.rewards.registry import get_reward
 
         self.fn = partial(get_reward("iou"), box_format=box_format)
         self.rng = random.Random(seed)
@@ -127,9 +127,11 @@ class TimedReward:
 
 
 def make_module(policy, processor, box_format: str, reference: str, scoring: str = "naive"):
-    from perpo.families import ChatFamily, TaskSpec
-    from perpo.module import ListConfig, PerPOModule, param_groups
-    from perpo.sampling import SamplingConfig
+    from perpo.prompting import ChatFamily, TaskSpec
+    from perpo.training.config import ListConfig
+    from perpo.training.module import PerPOModule
+    from perpo.models.parts import param_groups
+    from perpo.sampling.generation import SamplingConfig
 
     t = task_conf()
     task = TaskSpec(t.name, t.instruction, int(t.max_new_tokens))
@@ -141,7 +143,7 @@ def make_module(policy, processor, box_format: str, reference: str, scoring: str
     )  # fmt: skip
     module.train()  # as the Trainer does; the reference stays in eval mode
     module._timers = instrument(module)
-    # perpo.module.PerPOModule.configure_optimizers without the scheduler (it needs a Trainer)
+    # perpo.training.module.PerPOModule.configure_optimizers without the scheduler (it needs a Trainer)
     optimizer = torch.optim.AdamW(param_groups(module.policy, lr=LR), lr=LR)
     return module, optimizer, reward
 
@@ -164,13 +166,13 @@ class Timer:
 
 
 def instrument(module):
-    """Wrap perpo.module.generate (the sampler the step calls) and the reference's logps."""
-    import perpo.module
+    """Wrap perpo.training.module.generate (the sampler the step calls) and the reference's logps."""
+    import perpo.training.module
 
-    if not isinstance(perpo.module.generate, Timer):
-        perpo.module.generate = Timer(perpo.module.generate)
+    if not isinstance(perpo.training.module.generate, Timer):
+        perpo.training.module.generate = Timer(perpo.training.module.generate)
     module.reference.logps = Timer(module.reference.logps)
-    return perpo.module.generate, module.reference.logps
+    return perpo.training.module.generate, module.reference.logps
 
 
 def step(module, optimizer, batch, index: int) -> dict:
@@ -190,7 +192,7 @@ def step(module, optimizer, batch, index: int) -> dict:
 
 def answer_length(module, batch) -> float:
     """Mean sampled answer length (tokens) of one extra sampling call (not timed)."""
-    from perpo.sampling import generate
+    from perpo.sampling.generation import generate
 
     prompts = [module.family.prompt_text(r, module.task) for r in batch]
     out = generate(module.policy, module.processor, prompts, [r["image"] for r in batch],
@@ -199,14 +201,14 @@ def answer_length(module, batch) -> float:
 
 
 def unbanned_image_token(model, processor) -> int | None:
-    """The model's image placeholder id when perpo.sampling does not suppress it (else None).
+    """The model's image placeholder id when perpo.sampling.generation does not suppress it (else None).
 
-    perpo.sampling.banned_token_ids bans ``processor.image_token``; Gemma 3's processor names its
+    perpo.sampling.generation.banned_token_ids bans ``processor.image_token``; Gemma 3's processor names its
     begin-of-image token there (``<start_of_image>``), not the placeholder the model counts
     (``<image_soft_token>``). A sampled placeholder then makes the scoring forward fail
     ("Image features and image tokens do not match").
     """
-    from perpo.sampling import banned_token_ids
+    from perpo.sampling.generation import banned_token_ids
 
     config = model.config
     image_id = getattr(config, "image_token_id", None)
@@ -217,22 +219,22 @@ def unbanned_image_token(model, processor) -> int | None:
 
 @contextmanager
 def also_banned(token_id: int | None):
-    """Benchmark-only workaround: add ``token_id`` to perpo.sampling.banned_token_ids for a while."""
-    import perpo.sampling
+    """Benchmark-only workaround: add ``token_id`` to perpo.sampling.generation.banned_token_ids for a while."""
+    import perpo.sampling.generation
 
-    original = perpo.sampling.banned_token_ids
+    original = perpo.sampling.generation.banned_token_ids
     if token_id is not None:
-        perpo.sampling.banned_token_ids = lambda processor: sorted({*original(processor), token_id})
+        perpo.sampling.generation.banned_token_ids = lambda processor: sorted({*original(processor), token_id})
     try:
         yield
     finally:
-        perpo.sampling.banned_token_ids = original
+        perpo.sampling.generation.banned_token_ids = original
 
 
 def time_family(name: str, repeats: int, tmp: Path) -> dict:
-    """Naive layout (perpo.batching.build_list_batch) always; also the ``scoring=auto`` layout
-    (perpo.shared_prefix) where that resolves to shared, on a freshly loaded copy."""
-    from perpo.shared_prefix import resolve_layout
+    """Naive layout (perpo.listbatch.naive.build_list_batch) always; also the ``scoring=auto`` layout
+    (perpo.listbatch.packed) where that resolves to shared, on a freshly loaded copy."""
+    from perpo.listbatch.packed import resolve_layout
 
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -294,17 +296,17 @@ def torch_peak(prof) -> tuple[float, float]:
 
 def memory_child(name: str, reference: str, mode: str) -> None:
     """One (model, reference) in this fresh process; mode ``rss`` or ``torch`` (profiler)."""
-    import perpo.metrics
-    import perpo.module
+    import perpo.evaluation.metrics
+    import perpo.training.module
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         policy, processor, box_format, base_params = load(name, Path(tmp) / name)
     batch = records()
-    perpo.metrics.TaskMetrics("grounding", box_format=box_format)  # its imports are not counted
+    perpo.evaluation.metrics.TaskMetrics("grounding", box_format=box_format)  # its imports are not counted
     shapes = []
-    original = perpo.module.build_batch
-    perpo.module.build_batch = lambda *a, **k: shapes.append((b := original(*a, **k)).input_ids.shape) or b
+    original = perpo.training.module.build_batch
+    perpo.training.module.build_batch = lambda *a, **k: shapes.append((b := original(*a, **k)).input_ids.shape) or b
     unbanned = unbanned_image_token(policy, processor)
     # load_model's weights are file-backed (safetensors mmap) and only become resident when read:
     # read them all now so that the baseline holds the policy's weights.
@@ -365,7 +367,7 @@ class Watch(threading.Thread):
 
 
 def main() -> None:
-    from perpo.models.tiny_families import TINY_BUILDERS
+    from perpo.testing.tiny_families import TINY_BUILDERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", default=list(TINY_BUILDERS))
@@ -437,12 +439,12 @@ def main() -> None:
         ("- rewards: `iou` in the family's box format is computed on every answer (in the step time; parse rate "
         "below), but the value given to the loss is U(0, 1) from a seeded generator: random weights write no "
         "parseable box, so real rewards would all be 0, every list dropped and no loss or backward run"),
-        (f"- median of {args.repeats} steps after 1 warm-up step; sampling = inside `perpo.sampling.generate`; "
+        (f"- median of {args.repeats} steps after 1 warm-up step; sampling = inside `perpo.sampling.generation.generate`; "
         "scoring+backward = the rest (rewards, batch, policy + reference forwards, loss, backward, AdamW); "
         "reference = the reference's `logps` (part of scoring+backward)"),
-        ("- layout: the timed columns use the naive list batch (`scoring=naive`: perpo.batching.build_list_batch, "
+        ("- layout: the timed columns use the naive list batch (`scoring=naive`: perpo.listbatch.naive.build_list_batch, "
         "the prefix repeated in each of the N rows); the scoring=auto column is the pipeline's default layout: "
-        "shared prefix (perpo.shared_prefix, one packed row per list) where the family supports it, timed on a "
+        "shared prefix (perpo.listbatch.packed, one packed row per list) where the family supports it, timed on a "
         "fresh load of the same instance, else naive (Qwen-VL: M-RoPE / mm_token_type_ids; Gemma 3: "
         "token_type_ids) and not timed again"),
         ("- params = the loaded model before LoRA; trainable = LoRA matrices + the projector "
@@ -453,11 +455,11 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *table,
         "",
-        *([("\\* sampling can emit this family's image placeholder (perpo.sampling.banned_token_ids bans "
+        *([("\\* sampling can emit this family's image placeholder (perpo.sampling.generation.banned_token_ids bans "
            "`processor.image_token`, which Gemma 3's processor sets to `<start_of_image>`, not the model's "
            "`<image_soft_token>`); a sampled placeholder makes the scoring forward raise \"Image features and "
            "image tokens do not match\". For these rows the benchmark also bans the model's image token id "
-           "(a benchmark-only patch of perpo.sampling.banned_token_ids)."), ""]
+           "(a benchmark-only patch of perpo.sampling.generation.banned_token_ids)."), ""]
           if any(r["unbanned"] is not None for r in rows) else []),
         "## Peak memory: reference `copy` vs `adapter_off`",
         "",

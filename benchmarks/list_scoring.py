@@ -4,9 +4,9 @@ One training step of the policy (build batch, forward, loss, backward) for B lis
 at a scaled LLaVA-like shape: 144 image tokens + 24 prompt tokens (P = 168), answers of A = 12
 tokens, a tiny LLaVA from perpo.models.tiny (CLIP 192 px / patch 16, Llama hidden 256 x 4 layers).
 
-- naive:  every answer gets its own copy of the prefix (perpo.batching.build_list_batch);
+- naive:  every answer gets its own copy of the prefix (perpo.listbatch.naive.build_list_batch);
           N * (P + A) LM tokens and N vision passes per list;
-- shared: one packed row per list (perpo.shared_prefix.pack_lists); P + N*A tokens, 1 image;
+- shared: one packed row per list (perpo.listbatch.packed.pack_lists); P + N*A tokens, 1 image;
 - pairs:  TRL-style expansion into N-1 (best, other) pairs = 2(N-1) rows of P + A, DPO loss.
 
 The three are timed in the same process, interleaved, median over repeats. Peak memory is the
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from perpo.batching import Prefixes, build_list_batch
+from perpo.listbatch.naive import Prefixes, build_list_batch
 from perpo.losses import dpo_loss, perpo_loss
-from perpo.scoring import answer_logps
-from perpo.shared_prefix import pack_lists, packed_answer_logps
+from perpo.listbatch.logps import answer_logps
+from perpo.listbatch.packed import pack_lists, packed_answer_logps
 
 IMAGE_SIZE, PATCH = 192, 16
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2  # 144 ("default" strategy drops CLS)

@@ -1,4 +1,4 @@
-"""CPU benchmark: sampling N answers per prompt, expand vs shared prefill (perpo.sampling.generate).
+"""CPU benchmark: sampling N answers per prompt, expand vs shared prefill (perpo.sampling.generation.generate).
 
 - expand: ``model.generate(num_return_sequences=N)``: transformers repeats the prompts N times
           before the prefill, so the language model prefills N * P tokens per prompt (transformers
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from list_scoring import IMAGE_SIZE, IMAGE_TOKENS, PATCH, PROMPT_TOKENS, _cpu_name, build  # noqa: E402
 
 from perpo.models.tiny import build_processor  # noqa: E402
-from perpo.sampling import generate  # noqa: E402
+from perpo.sampling.generation import generate  # noqa: E402
 
 NEW_TOKENS = 12
 MODES = ("expand", "shared")

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary file in the target's folder, then rename over it.
+"""Atomic writes: write to a temporary file (or folder) beside the target, then rename it in.
 
 A reader (or a run restarted after a crash) sees the old file or the new one, never a half
 written one. Used for every file a user keeps: results, evaluations, stored lists, checkpoints,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -38,3 +39,21 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+def swap_folder_in(new: str | Path, path: str | Path) -> None:
+    """Put the finished folder ``new`` at ``path`` (same parent folder: renames are atomic).
+
+    The old folder is first renamed to ``<path>.old``, then ``new`` to ``path``, then the old one
+    is deleted: at no moment is the only copy gone. A crash in between leaves ``<path>.old``,
+    which a resume can take (:func:`perpo.training.checkpointing.resume_path` does)."""
+    new, path = Path(new), Path(path)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+    new.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+

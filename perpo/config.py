@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from perpo.rewards import REWARD_TASKS
 
-# Known here (not imported from perpo.module) so that validation runs before torch is imported.
+# Known here (not imported from perpo.training.module) so that validation runs before torch is imported.
 LIST_LOSSES = ("perpo", "dpo", "lipo")
 ALL_LOSSES = (*LIST_LOSSES, "sft")
 

@@ -23,6 +23,9 @@ divided by zero (NaN) on all-equal lists.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -146,3 +149,16 @@ def degenerate_lists(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 LOSSES = {"perpo": perpo_loss, "lipo": lipo_loss, "lipo_lambda": lipo_lambda_loss, "dpo": dpo_loss}
+
+
+def list_loss(loss: str, *, beta: float, gamma: float | None, margin: str = "power") -> Callable:
+    """(policy_logps, ref_logps, rewards) -> [B] for the configured loss and pair weights."""
+    if loss == "perpo":
+        if margin == "lambda":
+            return partial(lipo_lambda_loss, beta=beta)
+        return partial(perpo_loss, beta=beta, gamma=gamma)
+    if loss == "lipo":
+        return partial(lipo_loss, beta=beta)
+    if loss == "dpo":
+        return partial(dpo_loss, beta=beta)
+    raise ValueError(f"loss={loss!r} is not a list loss; choose one of perpo, dpo, lipo")

@@ -23,7 +23,7 @@ case "$name" in
     # SFT samples no lists: one run per seed, drawn as a flat line
     python train.py -m --config-dir sweeps --config-name ablation_listsize loss=sft listsize=8 \
       hydra.sweep.dir="$dir/sft" ${seeds[@]+"${seeds[@]}"} "$@"
-    python -m perpo.report "$dir" --figure "$dir/listsize.png" --out "$dir/report.md" ;;
-  gamma) python -m perpo.report "$dir" --by margin.gamma --out "$dir/report.md" ;;
-  blank_image) python -m perpo.report "$dir" --by data.blank_image --out "$dir/report.md" ;;
+    python -m perpo.reporting "$dir" --figure "$dir/listsize.png" --out "$dir/report.md" ;;
+  gamma) python -m perpo.reporting "$dir" --by margin.gamma --out "$dir/report.md" ;;
+  blank_image) python -m perpo.reporting "$dir" --by data.blank_image --out "$dir/report.md" ;;
 esac

@@ -9,4 +9,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="outputs/multirun/compare-$(date +%Y%m%d-%H%M%S)"
 python train.py -m loss="${LOSSES:-perpo,dpo,sft}" seed="${SEEDS:-1,2,3}" save_model=false hydra.sweep.dir="$dir" "$@"
-python -m perpo.report "$dir"
+python -m perpo.reporting "$dir"

@@ -7,7 +7,7 @@
 #   SPLITS="RefCOCOg:val RefCOCOg:test" bash sweeps/paper_eval_grounding.sh paper/llava15_grounding_base
 # Extra arguments are Hydra overrides. A trained row's train split (the release's lists) is still
 # read (2 rows), so pass the data overrides it trained with. Results: <run folder>/eval/<dataset>-<split>/eval.json
-# (base rows: outputs/paper/<row>/eval/...); python -m perpo.report outputs/paper --paper.
+# (base rows: outputs/paper/<row>/eval/...); python -m perpo.reporting outputs/paper --paper.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 experiment="${1:-}"

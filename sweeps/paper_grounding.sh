@@ -23,4 +23,4 @@ for method in sft dpo perpo; do
   SPLITS="RefCOCO:val RefCOCO:testB RefCOCO+:val RefCOCO+:testA RefCOCO+:testB RefCOCOg:val RefCOCOg:test" \
     bash sweeps/paper_eval_grounding.sh "paper/$row" "$run/model" "$@"
 done
-python -m perpo.report outputs/paper --paper --out outputs/paper/grounding.md
+python -m perpo.reporting outputs/paper --paper --out outputs/paper/grounding.md

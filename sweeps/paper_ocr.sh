@@ -19,4 +19,4 @@ for method in sft dpo perpo; do
   row="llava_next_${variant}_${method}"
   python train.py experiment="paper/$row" seed="$seed" hydra.run.dir="outputs/paper/$row/seed$seed" "$@"
 done
-python -m perpo.report outputs/paper --paper --out outputs/paper/ocr.md
+python -m perpo.reporting outputs/paper --paper --out outputs/paper/ocr.md

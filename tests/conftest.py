@@ -57,13 +57,13 @@ def grounding_records():
 
 @pytest.fixture(scope="session")
 def task():
-    from perpo.families import TaskSpec
+    from perpo.prompting import TaskSpec
 
     return TaskSpec("grounding", GROUNDING_INSTRUCTION, 32)
 
 
 @pytest.fixture(scope="session")
 def family(processor):
-    from perpo.families import ChatFamily
+    from perpo.prompting import ChatFamily
 
     return ChatFamily(processor, "norm2")

@@ -325,7 +325,7 @@ def release_dir(tmp_path) -> Path:
 
 
 def test_release_lists(release_dir, cache):
-    from perpo.lists import list_features
+    from perpo.data.stored_lists import list_features
 
     cfg = {"adapter": "release_lists", "path": str(release_dir), "splits": {"train": "train"},
            "options": {"cache_dir": cache}}

@@ -22,8 +22,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 from perpo.config import ConfigError, validate
-from perpo.module import ALL_LOSSES
-from perpo.rewards import REWARD_TASKS, rewards_for_task
+from perpo.config import ALL_LOSSES
+from perpo.rewards.registry import REWARD_TASKS, rewards_for_task
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -88,7 +88,7 @@ def release_files(tmp_path_factory) -> Path:
     """The release's JSONL layout: one list of 4 generated boxes per expression, IoU rewards."""
     from perpo.boxes import get_box_format
     from perpo.data import make_records
-    from perpo.rewards import get_reward
+    from perpo.rewards.registry import get_reward
 
     root = tmp_path_factory.mktemp("release")
     (root / "images").mkdir()

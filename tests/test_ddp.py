@@ -3,13 +3,13 @@ so generation runs synchronized) follow the same loss curve as one process with 
 batch, also when one rank's lists are all dropped by the spread filter, or every rank's.
 
 Why it can: the data order is global batches of one seeded permutation, each rank taking its
-slice (perpo.datamodule.GlobalBatchSampler); each record's N answers come from its own seed
-(perpo.sampling.record_seed), so they do not depend on the rank; DDP averages the two ranks'
+slice (perpo.data.datamodule.GlobalBatchSampler); each record's N answers come from its own seed
+(perpo.sampling.generation.record_seed), so they do not depend on the rank; DDP averages the two ranks'
 gradients of their mean list losses, which equals the gradient of the mean over the global batch
 when both ranks keep all their lists (a user reward that spreads every list guarantees it here);
 logged train metrics are averaged over ranks (sync_dist). When ranks keep different numbers of
 lists, each rank's loss is its lists' sum * world / (lists kept in the global batch), so the
-ranks' mean is still the global mean; a rank with none runs a zero-weight step (perpo.module).
+ranks' mean is still the global mean; a rank with none runs a zero-weight step (perpo.training.module).
 What differs is float rounding of other batch shapes, hence the tolerance.
 """
 
@@ -56,7 +56,7 @@ def _curve(run_dir: Path, key: str) -> list[float]:
 
 
 #: 2-process strategies on CPU: DDP, FSDP (torch), DeepSpeed ZeRO-2 and ZeRO-3 (DeepSpeed's CPU
-#: accelerator; perpo.strategies.CPUDeepSpeedStrategy). ZeRO-3 and FSDP shard the parameters.
+#: accelerator; perpo.training.strategies.CPUDeepSpeedStrategy). ZeRO-3 and FSDP shard the parameters.
 NAMES = ["ddp_sim", "fsdp_sim", "deepspeed_zero2_sim", "deepspeed_zero3_sim"]
 
 
@@ -98,7 +98,7 @@ def _flat_positions(every_rank: bool) -> str:
     """Train positions whose lists come out flat (dropped): rank 1's whole share of step 1 and, if
     ``every_rank``, the whole global batch of step 2 (GlobalBatchSampler with the run's seed 42,
     global batch 4)."""
-    from perpo.datamodule import GlobalBatchSampler
+    from perpo.data.datamodule import GlobalBatchSampler
 
     shares = [list(GlobalBatchSampler(32, 2, seed=42, rank=r, world_size=2)) for r in (0, 1)]
     return ",".join(str(p) for p in shares[1][1] + (shares[0][2] + shares[1][2] if every_rank else []))
@@ -118,7 +118,7 @@ def _largest_difference(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_multi_process_follows_the_single_process(runs, trainer):
     """Loss curve, logged metrics and list counts as one process; final weights to 1e-4 (under
-    FSDP / ZeRO-3 gathered from the two ranks' shards: perpo.pipeline._trained_policy)."""
+    FSDP / ZeRO-3 gathered from the two ranks' shards: perpo.training.strategies.gather_full_policy)."""
     import json
 
     root, run = runs

@@ -1,7 +1,7 @@
 """Every supported VLM family through perpo's one code path, on tiny random-init instances.
 
 For each family of ``perpo.models.families.FAMILIES``: build a tiny instance from the family's own
-transformers config classes (``perpo.models.tiny_families``) -> ``save_pretrained`` -> load it
+transformers config classes (``perpo.testing.tiny_families``) -> ``save_pretrained`` -> load it
 back with ``load_model`` exactly as a hub id -> ChatFamily prompt with an image -> processor ->
 forward, box round trip in the family's box format, padded-batch scoring == one-by-one scoring,
 greedy generation. Then LoRA (peft): the ``adapter_off`` reference equals the frozen copy at the
@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from perpo.batching import answer_ids, build_list_batch, encode_prefixes
+from perpo.prompting import answer_ids
+
+from perpo.listbatch.naive import build_list_batch, encode_prefixes
 from perpo.boxes import box_iou
-from perpo.families import ChatFamily
+from perpo.prompting import ChatFamily
 from perpo.models.families import (
     FAMILIES,
     TRANSFORMERS_FLOOR,
@@ -28,8 +30,8 @@ from perpo.models.families import (
     check_family,
     model_image_size,
 )
-from perpo.models.tiny_families import TINY_BUILDERS
-from perpo.scoring import answer_logps
+from perpo.testing.tiny_families import TINY_BUILDERS
+from perpo.listbatch.logps import answer_logps
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = sorted(FAMILIES)
@@ -40,7 +42,7 @@ LORA = dict(r=4, alpha=8, dropout=0.0)
 
 
 def _build_or_skip(name: str, path: Path) -> Path:
-    from perpo.models.tiny_families import save_tiny_family
+    from perpo.testing.tiny_families import save_tiny_family
 
     try:
         return save_tiny_family(name, path)
@@ -82,13 +84,13 @@ def _prefixes(name, processor, task, records):
 
 
 def _model_inputs(batch, processor):
-    """The batch's model inputs; xfail while perpo.batching drops the processor's per-token type ids."""
+    """The batch's model inputs; xfail while perpo.listbatch.naive drops the processor's per-token type ids."""
     inputs = batch.model_inputs()
     needed = {"mm_token_type_ids", "token_type_ids"} & set(getattr(processor, "model_input_names", []))
     missing = sorted(k for k in needed if k not in inputs)
     if missing:
         pytest.xfail(
-            f"perpo.batching does not carry {missing} (and indexes Qwen's patch-major pixel_values per "
+            f"perpo.listbatch.naive does not carry {missing} (and indexes Qwen's patch-major pixel_values per "
             "record): needs the batching change of issue 3"
         )
     return inputs
@@ -165,7 +167,7 @@ def test_family_loads_like_a_hub_checkpoint_and_forwards(loaded, saved, task, gr
 def test_box_round_trip_through_the_tokenizer(name, saved, task):
     """true box -> family answer text -> token ids -> decoded text (special tokens dropped) -> box."""
     from perpo.models.loading import load_processor
-    from perpo.sampling import decode
+    from perpo.sampling.generation import decode
 
     processor = load_processor(saved(name))
     family = _family(name, processor)
@@ -197,7 +199,7 @@ def test_padded_batch_scores_equal_one_by_one(loaded, task, grounding_records):
     try:
         prefixes = _prefixes(name, processor, task, records)
     except RuntimeError as err:  # torch.cat of [1, 5, ...] and [1, 3, ...] crops
-        pytest.xfail(f"perpo.batching cannot stack images with different crop counts ({err}): issue 3 batching change")
+        pytest.xfail(f"perpo.listbatch.naive cannot stack images with different crop counts ({err}): issue 3 batching change")
     answers = [
         answer_ids(tok, [family.answer_text(r, task), "[0.1, 0.2, 0.3, 0.4] and more", "no"]) for r in records
     ]
@@ -219,7 +221,7 @@ def test_padded_batch_scores_equal_one_by_one(loaded, task, grounding_records):
 
 
 def test_greedy_generation(loaded, task, grounding_records):
-    from perpo.sampling import banned_token_ids, generate
+    from perpo.sampling.generation import banned_token_ids, generate
 
     name, model, processor = loaded
     family = _family(name, processor)
@@ -304,7 +306,8 @@ def test_model_image_size_for_absolute_pixel_boxes(saved):
 
 
 def test_lora_targets_language_model_only(loaded):
-    from perpo.models.lora import apply_lora, is_projector, is_vision_tower
+    from perpo.models.lora import apply_lora
+    from perpo.models.parts import is_projector, is_vision_tower
 
     _, model, _ = loaded
     policy = apply_lora(copy.deepcopy(model), **LORA)
@@ -326,8 +329,8 @@ def test_lora_targets_language_model_only(loaded):
 def test_lora_reference_adapter_off_equals_copy_and_only_adapter_moves(loaded, task, grounding_records):
     from perpo import losses
     from perpo.models.lora import apply_lora
-    from perpo.module import param_groups
-    from perpo.reference import AdapterOffReference, FrozenCopyReference, make_reference
+    from perpo.models.parts import param_groups
+    from perpo.training.reference import AdapterOffReference, FrozenCopyReference, make_reference
 
     name, model, processor = loaded
     tok, family = processor.tokenizer, _family(name, processor)
@@ -406,9 +409,9 @@ def test_export_policy_loads_with_plain_transformers(name, merge, saved, tmp_pat
 
 
 def test_param_groups_keep_every_lora_trainable_parameter(loaded):
-    """perpo.module.param_groups (vision frozen) must not freeze or drop adapter / projector weights."""
+    """perpo.training.module.param_groups (vision frozen) must not freeze or drop adapter / projector weights."""
     from perpo.models.lora import apply_lora
-    from perpo.module import param_groups
+    from perpo.models.parts import param_groups
 
     _, model, _ = loaded
     policy = apply_lora(copy.deepcopy(model), **LORA)
@@ -418,7 +421,7 @@ def test_param_groups_keep_every_lora_trainable_parameter(loaded):
     lost = sorted(n for n, p in policy.named_parameters() if n in trainable and (id(p) not in grouped or not p.requires_grad))
     if lost and all("deepstack_merger" in n for n in lost):
         pytest.xfail(
-            "perpo.module.param_groups counts Qwen3-VL's visual.deepstack_merger_list (a projector) as vision "
+            "perpo.training.module.param_groups counts Qwen3-VL's visual.deepstack_merger_list (a projector) as vision "
             "tower and freezes it: add it to PROJECTOR_KEYS (issue 3)"
         )
     assert not lost, lost[:5]
@@ -427,7 +430,7 @@ def test_param_groups_keep_every_lora_trainable_parameter(loaded):
 def test_shared_prefix_scoring_equals_naive_or_falls_back(loaded, task, grounding_records):
     """scoring=auto: a family that takes the packed layout scores it exactly as the naive one
     (1e-5); one that cannot (M-RoPE, per-token type ids) falls back to naive with a reason."""
-    from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
+    from perpo.listbatch.packed import batch_logps, build_batch, resolve_layout
 
     name, model, processor = loaded
     tok, family = processor.tokenizer, _family(name, processor)
@@ -449,7 +452,7 @@ def test_shared_prefix_scoring_equals_naive_or_falls_back(loaded, task, groundin
 def test_sampling_bans_the_models_own_image_placeholder(loaded):
     """Gemma 3's processor.image_token is <start_of_image>, but the model counts <image_soft_token>:
     a sampled placeholder would break the next forward, so the config's id is banned too."""
-    from perpo.sampling import banned_token_ids
+    from perpo.sampling.generation import banned_token_ids
 
     name, model, processor = loaded
     banned = set(banned_token_ids(processor, model))
@@ -467,8 +470,8 @@ def test_qwen25_boxes_are_in_pixels_of_the_resized_image(saved, task, grounding_
 
     from perpo.models.families import model_image_size
     from perpo.models.loading import load_processor
-    from perpo.pipeline import with_box_space
-    from perpo.rewards import get_reward
+    from perpo.data.box_space import with_box_space
+    from perpo.rewards.registry import get_reward
 
     processor = load_processor(saved("qwen2_5_vl"))
     record = dict(grounding_records[0], image=grounding_records[0]["image"].resize((100, 60)), width=100, height=60)
@@ -479,7 +482,7 @@ def test_qwen25_boxes_are_in_pixels_of_the_resized_image(saved, task, grounding_
     text = ChatFamily(processor, "qwen25vl").answer_text(out, task)
     x1 = round(out["target"][0] * w)
     assert f"[{x1}," in text.replace(" ", "")  # pixels of the resized image, not of the original
-    from perpo.rewards.grounding import parse_box
+    from perpo.answers import parse_box
 
     parsed = parse_box(text, out, box_format="qwen25vl")  # integer pixels: the target quantized to them
     quantized = [round(v * s) / s for v, s in zip(out["target"], (w, h, w, h))]

@@ -5,7 +5,7 @@ import math
 import pytest
 from torchmetrics.text import BLEUScore
 
-from perpo.metrics import ShortTextBLEUScore, TaskMetrics, bag_of_words_prf
+from perpo.evaluation.metrics import ShortTextBLEUScore, TaskMetrics, bag_of_words_prf
 
 
 def box_rec(target):
@@ -155,7 +155,7 @@ def test_length_mismatch_raises():
 
 
 def test_meteor_edge_cases_by_hand():
-    from perpo.metrics import meteor
+    from perpo.evaluation.metrics import meteor
 
     # all words matched in one chunk: F = 1, penalty 0.5 * (1/2)^3 = 0.0625 (METEOR's known quirk)
     assert meteor("a b", "a b") == pytest.approx(0.9375)

@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from perpo.batching import ListBatch, Prefixes, answer_ids, build_list_batch, encode_prefixes
-from perpo.families import ChatFamily, TaskSpec
-from perpo.lists import ScoredLists, keep_mask, score_lists
-from perpo.reference import FrozenCopyReference, make_reference
-from perpo.sampling import banned_token_ids, decode, generate, trim_at_eos
-from perpo.scoring import AnswerLogps, answer_logps
+from perpo.listbatch.naive import ListBatch, Prefixes, build_list_batch, encode_prefixes
+
+from perpo.prompting import answer_ids
+from perpo.prompting import ChatFamily, TaskSpec
+from perpo.rewards.scored_lists import ScoredLists, keep_mask, score_lists
+from perpo.training.reference import FrozenCopyReference, make_reference
+from perpo.sampling.generation import banned_token_ids, decode, generate, trim_at_eos
+from perpo.listbatch.logps import AnswerLogps, answer_logps
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_CONFIGS = sorted((ROOT / "conf" / "task").glob("*.yaml"))
@@ -269,7 +271,7 @@ def test_answer_logps_same_under_eager_attention(tiny_dir, tiny, list_batch):
     assert torch.equal(a.num_tokens, b.num_tokens)
 
 def test_token_logps_matches_log_softmax():
-    from perpo.scoring import token_logps
+    from perpo.listbatch.logps import token_logps
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64) * 3
@@ -559,7 +561,7 @@ def test_gradient_checkpointing_gives_the_same_logps_and_gradients(tiny, list_ba
         model = copy.deepcopy(tiny[0])
         model.train()
         if checkpointing:
-            from perpo.pipeline import enable_activation_checkpointing
+            from perpo.models.loading import enable_activation_checkpointing
 
             enable_activation_checkpointing(model)  # what model.gradient_checkpointing=true runs
             assert model.is_activation_checkpointing

@@ -1,4 +1,4 @@
-"""Offline discriminative rewarding (perpo/offline.py, sample.py) and training on stored lists.
+"""Offline discriminative rewarding (perpo/commands/sample.py, sample.py) and training on stored lists.
 
 In-process: chunk bookkeeping, one chunk sampled with the session tiny model, and the three
 references (copy, adapter_off, cached) giving the same loss on the same stored lists.
@@ -33,7 +33,7 @@ def length_reward(text: str, record) -> float:
 
 
 def test_chunks_are_round_robin_over_ranks():
-    from perpo.offline import my_chunks
+    from perpo.commands.sample import my_chunks
 
     # 10 records in chunks of 3 -> chunks 0..3 (the last holds 1 record)
     assert my_chunks(10, 3, rank=0, world_size=1) == [0, 1, 2, 3]
@@ -43,7 +43,8 @@ def test_chunks_are_round_robin_over_ranks():
 
 
 def test_meta_mismatch_is_refused_naming_the_keys(tmp_path):
-    from perpo.offline import ListsError, check_meta
+    from perpo.data.stored_lists import ListsError
+    from perpo.commands.sample import check_meta
 
     check_meta(tmp_path, {"listsize": 8, "seed": 1, "base": "b"})
     check_meta(tmp_path, {"listsize": 8, "seed": 1, "base": "b"})  # same settings: resume
@@ -54,7 +55,8 @@ def test_meta_mismatch_is_refused_naming_the_keys(tmp_path):
 
 def test_summary_histogram_and_completeness(tmp_path):
     from perpo.atomic import write_json_atomic
-    from perpo.offline import format_summary, summarize
+    from perpo.commands.sample import format_summary
+    from perpo.data.stored_lists import summarize
 
     base = {"records": 4, "kept": 3, "dropped": 1, "answers": 16, "unparsed": 2}
     write_json_atomic(tmp_path / "progress" / "chunk-00000.json", {**base, "hist": [16] + [0] * 9})
@@ -74,7 +76,7 @@ def test_summary_histogram_and_completeness(tmp_path):
 def stored_rows(tiny, family, task):
     """Kept lists of 4 grounding records, N=3, with reference log-probs (naive layout)."""
     from perpo.data import make_records
-    from perpo.offline import sample_chunk
+    from perpo.commands.sample import sample_chunk
 
     model, processor = tiny
     ds = make_records("grounding", 4, seed=3)
@@ -87,8 +89,8 @@ def stored_rows(tiny, family, task):
 
 
 def test_sample_chunk_keeps_lists_with_spread_and_stores_their_reference(stored_rows, tiny, family, task):
-    from perpo.batching import encode_prefixes
-    from perpo.shared_prefix import batch_logps, build_batch
+    from perpo.listbatch.naive import encode_prefixes
+    from perpo.listbatch.packed import batch_logps, build_batch
 
     records, rows, counts = stored_rows
     assert counts["records"] == 4 and counts["answers"] == 12 and sum(counts["hist"]) == 12
@@ -111,7 +113,7 @@ def test_sample_chunk_keeps_lists_with_spread_and_stores_their_reference(stored_
 def test_a_records_lists_do_not_depend_on_its_chunk(stored_rows, tiny, family, task):
     """Each record's answers come from its own seed: sampling the last two records alone (another
     chunking, another batch) gives exactly their lists again."""
-    from perpo.offline import sample_chunk
+    from perpo.commands.sample import sample_chunk
 
     records, rows, _ = stored_rows
     again, _ = sample_chunk(
@@ -123,7 +125,8 @@ def test_a_records_lists_do_not_depend_on_its_chunk(stored_rows, tiny, family, t
 
 
 def _module(policy, processor, family, task, reference):
-    from perpo.module import ListConfig, PerPOModule
+    from perpo.training.config import ListConfig
+    from perpo.training.module import PerPOModule
 
     return PerPOModule(
         policy, processor, family, task, None, loss="perpo", beta=0.1, gamma=0.5, reference=reference,
@@ -171,8 +174,8 @@ def test_cached_reference_after_an_update_matches_the_frozen_copy(stored_rows, t
 
 
 def test_cached_reference_without_stored_logps_names_the_fix(tiny):
-    from perpo.batching import ListBatch
-    from perpo.reference import CachedReference
+    from perpo.listbatch.naive import ListBatch
+    from perpo.training.reference import CachedReference
 
     batch = ListBatch(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool), {}, 1, 2)
     with pytest.raises(ValueError, match="sample.ref_logps=true"):
@@ -339,7 +342,7 @@ def test_sample_py_with_the_vllm_engine_against_a_stand_in(sampled):
     the engine, so a resume with the other engine is refused."""
     import pyarrow.parquet as pq
 
-    from perpo.sampling import record_seed
+    from perpo.sampling.generation import record_seed
 
     root, cache = sampled
     out = root / "lists_vllm"

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from perpo.config import ConfigError, validate
-from perpo.report import TABLES, dataset_of, eval_source, paper_rows_from_conf
+from perpo.reporting.report import TABLES, dataset_of, eval_source, paper_rows_from_conf
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -1,4 +1,4 @@
-"""Small pieces of perpo.pipeline: reward building (registry or the user's own _target_),
+"""Small pieces of perpo.commands.train: reward building (registry or the user's own _target_),
 the image-use verdict, the cache key, and atomic result writing."""
 
 import json
@@ -6,7 +6,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from perpo.pipeline import _digest, _uses_image, build_reward, write_json_atomic
+from perpo.atomic import write_json_atomic
+from perpo.commands.common import build_reward
+from perpo.evaluation.loop import uses_image
+from perpo.training.warmstart import config_digest
 
 
 def my_reward(completion, record, *, bonus=0.0):
@@ -34,14 +37,14 @@ def test_user_reward_from_target_without_touching_perpo():
 
 
 def test_uses_image_needs_a_relative_gain():
-    assert _uses_image({"nll_true_images": 0.43, "nll_shuffled_images": 0.78})
-    assert not _uses_image({"nll_true_images": 0.5555, "nll_shuffled_images": 0.5555})
-    assert not _uses_image({"nll_true_images": 0.99, "nll_shuffled_images": 1.0})  # 1% < 2%
+    assert uses_image({"nll_true_images": 0.43, "nll_shuffled_images": 0.78})
+    assert not uses_image({"nll_true_images": 0.5555, "nll_shuffled_images": 0.5555})
+    assert not uses_image({"nll_true_images": 0.99, "nll_shuffled_images": 1.0})  # 1% < 2%
 
 
 def test_digest_is_order_independent_and_sensitive():
-    assert _digest({"a": 1, "b": 2}) == _digest({"b": 2, "a": 1})
-    assert _digest({"a": 1}) != _digest({"a": 2})
+    assert config_digest({"a": 1, "b": 2}) == config_digest({"b": 2, "a": 1})
+    assert config_digest({"a": 1}) != config_digest({"a": 2})
 
 
 def test_write_json_atomic_leaves_no_temp_files(tmp_path):
@@ -55,7 +58,7 @@ def test_write_json_atomic_leaves_no_temp_files(tmp_path):
 def test_param_groups_split_vision_projector_and_rest_and_freeze_the_tower():
     import torch
 
-    from perpo.module import param_groups
+    from perpo.models.parts import param_groups
 
     class Tiny(torch.nn.Module):
         def __init__(self):

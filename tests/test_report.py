@@ -1,4 +1,4 @@
-"""perpo.report: mean and spread per (task, method) over results.json files, base counted once per seed;
+"""perpo.reporting.report: mean and spread per (task, method) over results.json files, base counted once per seed;
 the paper's tables (--paper) with the differences; the list-size figure (--figure)."""
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from perpo import report
-from perpo.report import (
+from perpo.reporting import report
+from perpo.reporting.report import (
     collect,
     collect_runs,
     dataset_of,

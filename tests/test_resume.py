@@ -1,4 +1,4 @@
-"""Checkpoints and resume (perpo/checkpointing.py): a run killed mid-training -- SIGKILL, or
+"""Checkpoints and resume (perpo/training/checkpointing.py): a run killed mid-training -- SIGKILL, or
 SIGTERM as schedulers send -- and continued with ``resume=true`` ends with exactly the weights,
 metrics and list counters of a run never interrupted (CPU, fixed seed, one thread).
 

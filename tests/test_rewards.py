@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from perpo.rewards import REWARD_TASKS, REWARDS, get_reward, register_reward, rewards_for_task
-from perpo.rewards.counting import parse_count
-from perpo.rewards.text import edit_distance
+from perpo.rewards.registry import REWARD_TASKS, REWARDS, get_reward, register_reward, rewards_for_task
+from perpo.answers import parse_count
+from perpo.answers import edit_distance
 
 
 def grounding_record(target, width=640, height=480):

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from perpo.families import ChatFamily
+from perpo.prompting import ChatFamily
 from perpo.models.families import FAMILIES
-from perpo.sampling import (
+from perpo.sampling.generation import (
     SHARED_PREFILL_UNSUPPORTED,
     banned_token_ids,
     generate,
@@ -260,7 +260,7 @@ def test_unsupported_family_falls_back_to_expand(tiny, processor, family, task, 
 def family_models(tmp_path_factory):
     """family -> (model in eval mode, processor), saved and loaded back with load_model."""
     from perpo.models.loading import load_model
-    from perpo.models.tiny_families import save_tiny_family
+    from perpo.testing.tiny_families import save_tiny_family
 
     cache: dict[str, tuple] = {}
 
@@ -302,7 +302,7 @@ def test_family_shared_prefill_matches_expand(name, family_models, task, groundi
 def test_record_seeded_samples_do_not_depend_on_the_batch(tiny, processor, family, task, grounding_records):
     """A record's N answers depend on its seed only: alone or beside others, shared or expanded
     prefill, whatever the global RNG -- what makes multi-process runs and resumes exact."""
-    from perpo.sampling import record_seed
+    from perpo.sampling.generation import record_seed
 
     model, _ = tiny
     texts, images = _prompts(family, task, grounding_records[:3])

@@ -1,4 +1,4 @@
-"""Shared-prefix scoring (perpo.shared_prefix) equals the naive N-copies layout exactly."""
+"""Shared-prefix scoring (perpo.listbatch.packed) equals the naive N-copies layout exactly."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import copy
 import pytest
 import torch
 
-from perpo.batching import Prefixes, answer_ids, build_list_batch, encode_prefixes
+from perpo.listbatch.naive import Prefixes, build_list_batch, encode_prefixes
+
+from perpo.prompting import answer_ids
 from perpo.losses import perpo_loss
-from perpo.scoring import answer_logps
-from perpo.shared_prefix import (
+from perpo.listbatch.logps import answer_logps
+from perpo.listbatch.packed import (
     PackedBatch,
     check_shared_support,
     pack_lists,

@@ -310,8 +310,9 @@ no_trainer_log_warning = pytest.mark.filterwarnings("ignore:You are trying to .s
 
 
 def _collapse_module(fresh_model, processor, family, task, reward_fn, max_empty_steps=3):
-    from perpo.module import ListConfig, PerPOModule
-    from perpo.sampling import SamplingConfig
+    from perpo.training.config import ListConfig
+    from perpo.training.module import PerPOModule
+    from perpo.sampling.generation import SamplingConfig
 
     return PerPOModule(
         fresh_model, processor, family, task, reward_fn, loss="perpo",
@@ -334,7 +335,7 @@ def two_records():
 def test_collapse_detection_raises_after_max_empty_steps(
     fresh_model, processor, family, task, two_records
 ):
-    from perpo.module import TrainingCollapsed
+    from perpo.training.module import TrainingCollapsed
 
     torch.manual_seed(0)
     module = _collapse_module(fresh_model, processor, family, task, lambda completion, record: None)
@@ -352,7 +353,7 @@ def test_collapse_detection_raises_after_max_empty_steps(
 
 @no_trainer_log_warning
 def test_a_kept_list_resets_the_collapse_counter(fresh_model, processor, family, task, two_records):
-    from perpo.module import TrainingCollapsed
+    from perpo.training.module import TrainingCollapsed
 
     torch.manual_seed(0)
     state = {"mode": "none", "calls": 0}
@@ -379,7 +380,7 @@ def test_a_kept_list_resets_the_collapse_counter(fresh_model, processor, family,
 @no_trainer_log_warning
 def test_constant_rewards_also_collapse(fresh_model, processor, family, task, two_records):
     """Every answer parses but scores the same: no spread, so every list is dropped too."""
-    from perpo.module import TrainingCollapsed
+    from perpo.training.module import TrainingCollapsed
 
     module = _collapse_module(fresh_model, processor, family, task, lambda c, r: 0.5, max_empty_steps=1)
     with pytest.raises(TrainingCollapsed, match="min_margin=0.1"):

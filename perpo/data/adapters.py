@@ -403,7 +403,7 @@ def _answer_parses(task: str, box_format: Any) -> Callable[[str], bool]:
     if task == "grounding":
         return lambda text: box_format.parse(text) is not None
     if task == "counting":
-        from perpo.rewards.counting import parse_count
+        from perpo.answers import parse_count
 
         return lambda text: parse_count(text) is not None
     return lambda text: bool(text.strip())
@@ -667,7 +667,7 @@ def _fingerprint(*parts: Any) -> str:
 
 def _features(layout: _Layout, task: str) -> datasets.Features:
     if layout.lists:
-        from perpo.lists import list_features  # perpo.lists imports torch: only when needed
+        from perpo.data.stored_lists import list_features
 
         return list_features(task)
     return features_for(task)

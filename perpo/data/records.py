@@ -29,7 +29,7 @@ TASKS: tuple[str, ...] = ("grounding", "ocr", "counting")
 COLUMNS: tuple[str, ...] = ("id", "task", "image", "prompt", "target", "width", "height")
 
 
-def _check_task(task: str) -> None:
+def check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
 
@@ -43,7 +43,7 @@ def _box_feature() -> Any:
 
 def features_for(task: str) -> datasets.Features:
     """The ``datasets.Features`` of a record of ``task``."""
-    _check_task(task)
+    check_task(task)
     target = {
         "grounding": _box_feature(),
         "ocr": datasets.Value("string"),

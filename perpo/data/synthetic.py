@@ -47,7 +47,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from perpo.data.records import _check_task, features_for
+from perpo.data.records import check_task, features_for
 
 __all__ = [
     "PALETTE",
@@ -102,7 +102,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 def default_options(task: str) -> dict[str, Any]:
     """A copy of the default options of ``task``."""
-    _check_task(task)
+    check_task(task)
     return dict(_DEFAULTS[task])
 
 
@@ -144,7 +144,7 @@ def _range(name: str, value: Any, lo_bound: int = 0) -> tuple[int, int]:
 
 
 def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    _check_task(task)
+    check_task(task)
     defaults = _DEFAULTS[task]
     unknown = sorted(set(options) - set(defaults))
     if unknown:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from perpo.atomic import swap_folder_in
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,7 @@ def atomic_save_pretrained(model, processor, path: str | Path) -> Path:
         model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        swap_folder_in(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -267,3 +266,11 @@ def ensure_tiny(path: str | Path, *, seed: int = 0, **arch) -> Path:
     processor = build_processor(image_size=arch.get("image_size", 64), patch_size=arch.get("patch_size", 8))
     model = build_model(processor.tokenizer, seed=seed, **arch)
     return atomic_save_pretrained(model, processor, path)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (transformers >= 5 names it activation checkpointing)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # older transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

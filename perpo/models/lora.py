@@ -7,7 +7,7 @@ targets every linear layer of the language model (found by module path, so it ho
 vision tower nor the output head. The projector is trained in full when ``projector_trainable``:
 it is a peft ``modules_to_save`` module, so its trained copy is saved with the adapter and the
 untouched original is what the model uses with the adapter disabled -- which makes the
-``adapter_off`` reference (:mod:`perpo.reference`) exactly the starting policy.
+``adapter_off`` reference (:mod:`perpo.training.reference`) exactly the starting policy.
 
 At initialisation LoRA's B matrices are zero, so the wrapped model computes exactly what the
 base model does.
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+
+from perpo.models.parts import PROJECTOR_NAMES, VISION_TOWER_NAMES, is_projector, is_vision_tower
 
 __all__ = [
     "PROJECTOR_NAMES",
@@ -33,26 +36,6 @@ __all__ = [
     "is_vision_tower",
     "language_linear_layers",
 ]
-
-#: Module-path components of vision towers (LLaVA / Gemma 3, Qwen-VL, Idefics3 / SmolVLM).
-VISION_TOWER_NAMES = frozenset({"vision_tower", "visual", "vision_model"})
-#: Module-path components of projectors (LLaVA / Gemma 3, Qwen-VL mergers, Idefics3 / SmolVLM).
-PROJECTOR_NAMES = frozenset({"multi_modal_projector", "merger", "deepstack_merger_list", "connector"})
-
-
-def _parts(name: str) -> list[str]:
-    return name.split(".")
-
-
-def is_projector(name: str) -> bool:
-    """Whether the module / parameter ``name`` belongs to the projector (vision -> text)."""
-    return any(part in PROJECTOR_NAMES for part in _parts(name))
-
-
-def is_vision_tower(name: str) -> bool:
-    """Whether ``name`` belongs to the vision tower (projectors excluded, even Qwen's ``visual.merger``)."""
-    return not is_projector(name) and any(part in VISION_TOWER_NAMES for part in _parts(name))
-
 
 def _output_head_names(model: torch.nn.Module) -> set[str]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -80,7 +63,7 @@ def _compact_pattern(names: Sequence[str], all_names: Sequence[str]) -> str | li
     """
     if not names:
         return list(names)
-    split = [_parts(n) for n in names]
+    split = [n.split(".") for n in names]
     root: list[str] = []
     for parts in zip(*[s[:-1] for s in split]):
         if len(set(parts)) != 1:
@@ -200,3 +183,13 @@ def export_policy(model, path: str | Path, merge: bool, *, processor: Any = None
     if is_lora(model) and merge:
         model = (model if inplace else copy.deepcopy(model)).merge_and_unload()
     return atomic_save_pretrained(model, processor, Path(path))
+
+
+def apply_lora_config(policy, lora: DictConfig):
+    targets = lora.get("target_modules")
+    return apply_lora(
+        policy, r=int(lora.r), alpha=float(lora.alpha), dropout=float(lora.get("dropout", 0.0)),
+        target_modules=OmegaConf.to_container(targets) if OmegaConf.is_config(targets) else targets,
+        vision_trainable=bool(lora.get("vision_trainable", False)),
+        projector_trainable=bool(lora.get("projector_trainable", True)),
+    )  # fmt: skip

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
-from perpo.boxes import box_space, BoxFormat, box_giou, box_iou, get_box_format
-from perpo.rewards import register_reward
+from perpo.answers import parse_box
+from perpo.boxes import box_giou, box_iou
+from perpo.rewards.registry import register_reward
 
 __all__ = ["iou", "giou", "parse_box"]
-
-
-@functools.lru_cache(maxsize=None)
-def _box_format(name: str) -> BoxFormat:
-    return get_box_format(name)
-
-
-def parse_box(completion: str, record: Mapping, box_format: str = "norm2") -> list[float] | None:
-    """The normalized xyxy box in ``completion`` (read with ``box_format``), or ``None``."""
-    fmt = _box_format(box_format)
-    if not isinstance(completion, str):
-        return None
-    return fmt.parse(completion, *box_space(record))
 
 
 def _target(record: Mapping) -> list[float]:

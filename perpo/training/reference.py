@@ -13,10 +13,10 @@ import copy
 
 import torch
 
-from perpo.batching import ListBatch
-from perpo.shared_prefix import PackedBatch
-from perpo.scoring import AnswerLogps
-from perpo.shared_prefix import batch_logps
+from perpo.listbatch.naive import ListBatch
+from perpo.listbatch.packed import PackedBatch
+from perpo.listbatch.logps import AnswerLogps
+from perpo.listbatch.packed import batch_logps
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

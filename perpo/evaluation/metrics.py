@@ -28,9 +28,7 @@ import torchmetrics
 from torchmetrics.text import BLEUScore
 
 from perpo.boxes import box_iou
-from perpo.rewards.counting import parse_count
-from perpo.rewards.grounding import parse_box
-from perpo.rewards.text import normalized_edit_distance
+from perpo.answers import normalized_edit_distance, parse_box, parse_count
 
 __all__ = [
     "TASKS",

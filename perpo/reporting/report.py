@@ -1,9 +1,9 @@
 """Summarize runs: results.json files (train.py) and eval.json files (evaluate.py).
 
-    python -m perpo.report outputs/multirun/2026-11-28/00-10-00             # mean ± std per (task, method)
-    python -m perpo.report outputs/multirun/ablation-gamma-... --by margin.gamma   # one row per gamma
-    python -m perpo.report outputs/paper --paper --out paper.md              # the paper's tables, ours beside
-    python -m perpo.report outputs/multirun/ablation-listsize-... --figure listsize.png
+    python -m perpo.reporting outputs/multirun/2026-11-28/00-10-00             # mean ± std per (task, method)
+    python -m perpo.reporting outputs/multirun/ablation-gamma-... --by margin.gamma   # one row per gamma
+    python -m perpo.reporting outputs/paper --paper --out paper.md              # the paper's tables, ours beside
+    python -m perpo.reporting outputs/multirun/ablation-listsize-... --figure listsize.png
 
 Folders are searched recursively. ``--paper`` lays the runs out as the paper's tables
 (../shared/PAPER.md section 4; docs/PAPER_REPRODUCTION.md): the row comes from the run's
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perpo.atomic import atomic_write, write_text_atomic
+from perpo.reporting.tables import markdown_table, print_table
 
 PAPER_CONF = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "paper"
 
@@ -96,13 +97,8 @@ def summary_markdown(summary: dict) -> str:
     for task in sorted({t for t, _ in summary}):
         methods = sorted((m for (t, m) in summary if t == task), key=lambda m: (m != "base", m))
         metrics = list(dict.fromkeys(k for m in methods for k in summary[(task, m)]))
-        lines = [f"## {task}: mean ± std over seeds (n)", "", "| method | " + " | ".join(metrics) + " |"]
-        lines.append("|---|" + "---:|" * len(metrics))
-        for m in methods:
-            row = summary[(task, m)]
-            cells = (f"{row[k][0]:.4f} ± {row[k][1]:.4f} ({row[k][2]})" if k in row else "-" for k in metrics)
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
+        rows = [[m, *(_mean_std(summary[(task, m)], k) for k in metrics)] for m in methods]
+        parts.append(f"## {task}: mean ± std over seeds (n)\n\n" + markdown_table(["method", *metrics], rows))
     return "\n\n".join(parts) + "\n" if parts else "no results.json found\n"
 
 
@@ -113,7 +109,7 @@ def summary_markdown(summary: dict) -> str:
 class Column:
     key: str  # the key of the paper: block
     header: str
-    metric: str  # our metric (perpo/metrics.py)
+    metric: str  # our metric (perpo/evaluation/metrics.py)
     scale: float = 1.0  # ours * scale is in the paper's units
     decimals: int = 2
     dataset: str | None = None  # grounding: the benchmark the column is evaluated on
@@ -327,9 +323,7 @@ def paper_markdown(tables: dict[str, list[Row]], skipped: dict[str, int] | None 
     for name, rows in tables.items():
         table = TABLES[name]
         legend = f"ours: mean over evaluated models (n); paper: the release's README; Δ = ours − paper. {table.note}."
-        lines = [f"## {table.title}", "", legend, ""]
-        lines.append("| model | method | | " + " | ".join(c.header for c in table.columns) + " |")
-        lines.append("|---|---|---|" + "---:|" * len(table.columns))
+        lines = []
         for r in rows:
             stats = {c.key: r.cells[c.key].stats() if c.key in r.cells else None for c in table.columns}
             n = max((s[2] for s in stats.values() if s), default=0)
@@ -341,10 +335,9 @@ def paper_markdown(tables: dict[str, list[Row]], skipped: dict[str, int] | None 
                 for c in table.columns
             ]  # fmt: skip
             label = "ours" if n <= 1 else f"ours (n={n})"
-            lines.append(f"| {r.model} | {r.method} | {label} | " + " | ".join(ours) + " |")
-            lines.append("| | | paper | " + " | ".join(theirs) + " |")
-            lines.append("| | | Δ | " + " | ".join(delta) + " |")
-        parts.append("\n".join(lines))
+            lines += [[r.model, r.method, label, *ours], ["", "", "paper", *theirs], ["", "", "Δ", *delta]]
+        header = ["model", "method", "", *(c.header for c in table.columns)]
+        parts.append(f"## {table.title}\n\n{legend}\n\n" + markdown_table(header, lines, label_columns=3))
     if not parts:
         parts.append("no paper rows: no conf/experiment/paper/ and no run with a paper block")
     if skipped:
@@ -407,13 +400,9 @@ def listsize_markdown(curves: dict, metric: str | None = None) -> str:
     parts = []
     for task, by_label in curves.items():
         sizes = sorted({n for c in by_label.values() for n in c})
-        lines = [f"## List size: {task}, {metric or FIGURE_METRIC.get(task)} after training by N (mean ± std (n))", ""]
-        lines.append("| method | " + " | ".join(f"N={n}" for n in sizes) + " |")
-        lines.append("|---|" + "---:|" * len(sizes))
-        for label, by_n in by_label.items():
-            cells = (f"{by_n[n][0]:.4f} ± {by_n[n][1]:.4f} ({by_n[n][2]})" if n in by_n else "-" for n in sizes)
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
+        title = f"## List size: {task}, {metric or FIGURE_METRIC.get(task)} after training by N (mean ± std (n))"
+        rows = [[label, *(_mean_std(by_n, n) for n in sizes)] for label, by_n in by_label.items()]
+        parts.append(title + "\n\n" + markdown_table(["method", *(f"N={n}" for n in sizes)], rows))
     return "\n\n".join(parts) + "\n" if parts else "no results.json with config.listsize and after-metrics\n"
 
 
@@ -426,10 +415,10 @@ def render_listsize_figure(curves: dict, out: str | Path, *, metric: str | None 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("perpo.report: matplotlib is not installed, so no figure was written (pip install matplotlib)", file=sys.stderr)
+        print("perpo.reporting.report: matplotlib is not installed, so no figure was written (pip install matplotlib)", file=sys.stderr)
         return False
     if not curves:
-        print("perpo.report: no runs with config.listsize and after-metrics, so no figure was written", file=sys.stderr)
+        print("perpo.reporting.report: no runs with config.listsize and after-metrics, so no figure was written", file=sys.stderr)
         return False
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     colors = {label: f"C{i}" for i, label in enumerate(CURVE_ORDER)}
@@ -466,24 +455,23 @@ def render_listsize_figure(curves: dict, out: str | Path, *, metric: str | None 
 
 
 def _print_rich(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     for task in sorted({t for t, _ in summary}):
-        methods = [m for (t, m) in summary if t == task]
+        methods = sorted((m for (t, m) in summary if t == task), key=lambda m: (m != "base", m))
         metrics = list(dict.fromkeys(k for m in methods for k in summary[(task, m)]))
-        table = Table(title=f"{task}: mean ± std over seeds (n)")
-        table.add_column("method")
-        for k in metrics:
-            table.add_column(k, justify="right")
-        for m in sorted(methods, key=lambda m: (m != "base", m)):
-            row = summary[(task, m)]
-            table.add_row(m, *(f"{row[k][0]:.4f} ± {row[k][1]:.4f} ({row[k][2]})" if k in row else "-" for k in metrics))
-        Console().print(table)
+        rows = [[m, *(_mean_std(summary[(task, m)], k) for k in metrics)] for m in methods]
+        print_table(f"{task}: mean ± std over seeds (n)", ["method", *metrics], rows)
+
+
+def _mean_std(stats: dict, key) -> str:
+    """``mean ± std (n)`` of ``stats[key] = (mean, std, n)``, or ``-``."""
+    if key not in stats:
+        return "-"
+    mean, std, n = stats[key]
+    return f"{mean:.4f} ± {std:.4f} ({n})"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m perpo.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m perpo.reporting", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="folders searched recursively for results.json / eval.json")
     parser.add_argument("--paper", action="store_true", help="the paper's tables, ours beside the paper's numbers")
     parser.add_argument("--paper-conf", default=str(PAPER_CONF), help="the row files (default: conf/experiment/paper)")

@@ -6,7 +6,7 @@ them, keep the lists with spread, store them; ``train.py data.lists=<dir>`` trai
             -> <out>/data/chunk-00012.parquet + <out>/progress/chunk-00012.json
 
 Resumable by construction: chunk i always holds records [i*S, (i+1)*S), each record's N answers
-are drawn from its own seed (``sample.seed`` and its id: ``perpo.sampling.record_seed``), and a
+are drawn from its own seed (``sample.seed`` and its id: ``perpo.sampling.generation.record_seed``), and a
 chunk's parquet shard and then its progress file are written
 atomically (tmp + rename). A run killed at any moment and started again with the same command
 skips the chunks whose progress file exists and redoes the rest: no finished row is lost and
@@ -35,35 +35,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from perpo.data.records import COLUMNS
 from perpo.atomic import atomic_write, write_json_atomic
-from perpo.lists import REF_COLUMNS, TOKEN_COLUMN, ScoredLists, decode_and_score, keep_mask, list_features
+from perpo.data.stored_lists import HIST_BINS, META, SUMMARY, ListsError, chunk_name, done_chunks, list_features, summarize
+from perpo.rewards.scored_lists import decode_and_score, keep_mask
 
 log = logging.getLogger(__name__)
-
-META = "meta.json"
-SUMMARY = "summary.json"
-HIST_BINS = 10
-
-
-class ListsError(ValueError):
-    """Stored lists cannot be used as asked: the message names the folder and what to change."""
-
-
-# ----- where chunks live --------------------------------------------------------------------
-def chunk_name(index: int) -> str:
-    return f"chunk-{index:05d}"
 
 
 def my_chunks(num_records: int, chunk_size: int, rank: int, world_size: int) -> list[int]:
     """Chunk indices this rank samples: round-robin over ranks."""
     total = math.ceil(num_records / chunk_size)
     return [i for i in range(total) if i % world_size == rank]
-
-
-def done_chunks(out_dir: Path) -> set[int]:
-    progress = out_dir / "progress"
-    if not progress.is_dir():
-        return set()
-    return {int(p.stem.split("-")[1]) for p in progress.glob("chunk-*.json")}
 
 
 def check_meta(out_dir: Path, meta: dict) -> None:
@@ -102,9 +83,9 @@ def sample_chunk(
     engine: Any = None,
 ) -> tuple[list[dict], dict]:
     """Sample, score and filter the lists of ``records``: (kept rows, this chunk's counts)."""
-    from perpo.batching import encode_prefixes
-    from perpo.sampling import generate, record_seed
-    from perpo.shared_prefix import batch_logps, build_batch
+    from perpo.listbatch.naive import encode_prefixes
+    from perpo.sampling.generation import generate, record_seed
+    from perpo.listbatch.packed import batch_logps, build_batch
 
     rows: list[dict] = []
     counts = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
@@ -120,7 +101,7 @@ def sample_chunk(
         )  # fmt: skip
         if engine is None:
             answers = generate(model, processor, prompts, images, **options)
-        else:  # perpo.engines.VLLMEngine on GPUs
+        else:  # perpo.sampling.vllm_engine.VLLMEngine on GPUs
             answers = engine.generate(prompts, images, **options)
         scored = decode_and_score(reward_fn, batch, answers, processor)
         keep = keep_mask(scored, min_margin)
@@ -162,23 +143,6 @@ def write_chunk(out_dir: Path, index: int, rows: list[dict], counts: dict, *, ta
         shard = datasets.Dataset.from_list(rows, features=features)
         atomic_write(out_dir / "data" / f"{chunk_name(index)}.parquet", lambda tmp: shard.to_parquet(tmp))
     write_json_atomic(out_dir / "progress" / f"{chunk_name(index)}.json", counts)
-
-
-def summarize(out_dir: Path, total_chunks: int) -> dict:
-    """Counts over every finished chunk (all ranks), with the reward histogram."""
-    totals = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
-    done = sorted(done_chunks(out_dir))
-    for index in done:
-        counts = json.loads((out_dir / "progress" / f"{chunk_name(index)}.json").read_text())
-        for key, value in counts.items():
-            if key == "hist":
-                totals["hist"] = [a + b for a, b in zip(totals["hist"], value)]
-            else:
-                totals[key] += value
-    totals["chunks_done"], totals["chunks_total"] = len(done), total_chunks
-    totals["complete"] = len(done) == total_chunks
-    totals["unparsed_fraction"] = totals["unparsed"] / max(totals["answers"], 1)
-    return totals
 
 
 def format_summary(summary: dict) -> str:
@@ -227,7 +191,10 @@ def run_sampling(cfg: DictConfig) -> dict:
     """What ``sample.py`` runs. Returns the summary over all chunks finished so far."""
     from tqdm.auto import tqdm
 
-    from perpo.pipeline import _device, blank_where_asked, build_reward, build_splits, load_base, prepare_base, task_spec
+    from perpo.commands.common import blank_where_asked, build_reward, build_splits, load_base
+    from perpo.prompting import task_spec
+    from perpo.training.runtime import device_for
+    from perpo.training.warmstart import prepare_base
 
     out_dir = lists_dir(cfg)
     task = task_spec(cfg)
@@ -256,16 +223,16 @@ def run_sampling(cfg: DictConfig) -> dict:
         datasets.disable_progress_bars()  # one bar here: rows sampled (the shard writes are quick)
         model, processor, family, records_by_split = load_base(cfg, base_path, {split: records})
         records = records_by_split[split]
-        model.to(_device(cfg)).eval()
+        model.to(device_for(cfg)).eval()
         reward_fn = build_reward(cfg)
-        from perpo.reference import disable_dropout
-        from perpo.shared_prefix import resolve_layout
+        from perpo.training.reference import disable_dropout
+        from perpo.listbatch.packed import resolve_layout
 
         disable_dropout(model)
         layout = resolve_layout(cfg.get("scoring", "auto"), model, processor)
         engine = None
         if cfg.sample.get("engine", "transformers") == "vllm":
-            from perpo.engines import VLLMEngine
+            from perpo.sampling.vllm_engine import VLLMEngine
 
             options = OmegaConf.to_container(cfg.sample.get("vllm") or {}, resolve=True)
             engine = VLLMEngine(base_path, eos_token_id=processor.tokenizer.eos_token_id, dtype=str(cfg.model.dtype), **options)
@@ -294,77 +261,3 @@ def run_sampling(cfg: DictConfig) -> dict:
     return summary
 
 
-# ----- reading stored lists back -----------------------------------------------------------
-def load_lists(path: str | Path, *, need_ref: bool = False):
-    """The stored lists under ``path`` (a ``sample.py`` folder, or parquet file(s)) as one Dataset.
-
-    Refuses, naming the folder, an unfinished folder (``summary.json`` missing), lists of
-    different sizes, and ``need_ref`` without stored reference log-probs.
-    """
-    import datasets
-
-    path = Path(path)
-    if not path.exists():
-        raise ListsError(f"data.lists={path}: no such file or folder")
-    if path.is_dir():
-        files = sorted((path / "data").glob("chunk-*.parquet")) or sorted(path.glob("*.parquet"))
-        if (path / META).exists() and not (path / SUMMARY).exists():
-            summary = summarize(path, _total_chunks(path))
-            raise ListsError(
-                f"data.lists={path} is unfinished ({summary['chunks_done']} of {summary['chunks_total']} chunks): "
-                "run the same sample.py command again to finish it"
-            )
-    else:
-        files = [path]
-    if not files:
-        raise ListsError(f"data.lists={path} holds no parquet shards (expected {path}/data/chunk-*.parquet)")
-    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    missing = [c for c in ("id", "image", "answers", "rewards", "parsed") if c not in ds.column_names]
-    if missing:
-        raise ListsError(f"data.lists={path}: column(s) {missing} missing; found {ds.column_names}")
-    if need_ref and not all(c in ds.column_names for c in REF_COLUMNS):
-        raise ListsError(
-            f"reference=cached reads each answer's reference log-prob from the lists, but {path} has none: "
-            "sample them with sample.ref_logps=true, or use reference=copy"
-        )
-    check_list_sizes(ds, f"data.lists={path}")
-    return ds
-
-
-def check_list_sizes(ds, where: str) -> int:
-    """The one list size N of stored lists ``ds``; refuses mixed sizes (a batch is [B, N])."""
-    sizes: dict[int, list[str]] = {}
-    for row_id, rewards in zip(ds["id"], ds["rewards"]):
-        sizes.setdefault(len(rewards), []).append(row_id)
-    if len(sizes) != 1:
-        shown = "; ".join(f"N={n}: {len(ids)} lists (e.g. {ids[0]})" for n, ids in sorted(sizes.items()))
-        raise ListsError(f"{where}: lists of different sizes ({shown}); a batch needs one size N: keep one size")
-    (n,) = sizes
-    if n < 2:
-        raise ListsError(f"{where}: lists of size {n}; ranking needs N >= 2")
-    return n
-
-
-def _total_chunks(path: Path) -> int:
-    meta = json.loads((path / META).read_text())
-    return math.ceil(meta["num_records"] / meta["chunk_size"])
-
-
-def lists_meta(path: str | Path) -> dict | None:
-    meta = Path(path) / META
-    return json.loads(meta.read_text()) if meta.exists() else None
-
-
-def read_stored_lists(rows: Sequence[dict], tokenizer: Any) -> tuple[list[list[list[int]]], ScoredLists]:
-    """(answer token ids, scored lists) of stored rows: the sampler's ids when stored, else the
-    answer text tokenized as the ground truth is (text + EOS)."""
-    from perpo.batching import answer_ids
-
-    answers = [row[TOKEN_COLUMN] if row.get(TOKEN_COLUMN) else answer_ids(tokenizer, row["answers"]) for row in rows]
-    scored = ScoredLists(
-        answers,
-        [list(row["answers"]) for row in rows],
-        torch.tensor([list(row["rewards"]) for row in rows], dtype=torch.float32),
-        torch.tensor([list(row["parsed"]) for row in rows], dtype=torch.bool),
-    )
-    return answers, scored

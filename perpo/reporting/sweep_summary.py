@@ -19,6 +19,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from perpo.reporting.tables import markdown_table
+
 from perpo.atomic import write_text_atomic
 
 log = logging.getLogger("perpo")
@@ -44,11 +46,12 @@ def _job_entry(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
 def format_summary(jobs: list[dict[str, Any]]) -> str:
     done = [j for j in jobs if j["status"] == "finished"]
     failed = [j for j in jobs if j["status"] == "failed"]
-    lines = [f"sweep: {len(done)} finished, {len(failed)} failed", "", "| job | status | overrides | value / error |", "|---|---|---|---|"]
+    rows = []
     for j in sorted(jobs, key=lambda j: j["num"]):
         detail = j.get("error") if j["status"] == "failed" else ("-" if j.get("value") is None else f"{j['value']:.4f}")
-        lines.append(f"| {j['num']} | {j['status']} | {' '.join(j['overrides'])} | {detail} |")
-    return "\n".join(lines) + "\n"
+        rows.append([j["num"], j["status"], " ".join(j["overrides"]), detail])
+    table = markdown_table(["job", "status", "overrides", "value / error"], rows, numeric=False)
+    return f"sweep: {len(done)} finished, {len(failed)} failed\n\n{table}\n"
 
 
 class SweepSummary(Callback):

@@ -12,11 +12,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from perpo.batching import ground_truth_batch
-from perpo.families import ChatFamily, TaskSpec
-from perpo.metrics import TaskMetrics
-from perpo.sampling import decode, generate
-from perpo.scoring import answer_logps
+from perpo.listbatch.naive import ground_truth_batch
+from perpo.prompting import ChatFamily, TaskSpec
+from perpo.evaluation.metrics import TaskMetrics
+from perpo.sampling.generation import decode, generate
+from perpo.listbatch.logps import answer_logps
 
 
 def _batches(records: Sequence, size: int):
@@ -118,8 +118,8 @@ def best_of_n(
     paper's list-size figure plots this against N (what a perfect picker of the model's own
     samples would score). Each record's samples come from its own seed.
     """
-    from perpo.lists import decode_and_score
-    from perpo.sampling import generate, record_seed
+    from perpo.rewards.scored_lists import decode_and_score
+    from perpo.sampling.generation import generate, record_seed
 
     best: list[float] = []
     for batch in _batches(records, batch_size):
@@ -133,3 +133,9 @@ def best_of_n(
     if threshold is not None:
         out[f"best_of_n_acc@{threshold}"] = sum(b >= threshold for b in best) / max(len(best), 1)
     return out
+
+
+def uses_image(metrics: dict, min_gain: float = 0.02) -> bool:
+    """True when true images lower the answer NLL by at least ``min_gain`` (relative)."""
+    true, shuffled = metrics["nll_true_images"], metrics["nll_shuffled_images"]
+    return shuffled - true >= min_gain * shuffled

@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from perpo.data.stored_lists import TOKEN_COLUMN
+
 RewardFn = Callable[[str, Mapping[str, Any]], "float | None"]
 
 
@@ -47,7 +49,7 @@ def score_lists(
 
 def decode_and_score(reward_fn: RewardFn, records: Sequence[Mapping[str, Any]], answers: list[list[list[int]]], processor: Any) -> ScoredLists:
     """Sampled token ids -> their text (special tokens dropped) -> scored lists."""
-    from perpo.sampling import decode
+    from perpo.sampling.generation import decode
 
     texts = [[decode(processor, ids) for ids in row] for row in answers]
     return score_lists(reward_fn, records, answers, texts)
@@ -72,27 +74,16 @@ def keep_mask(scored: ScoredLists, min_margin: float) -> torch.Tensor:
     return (spread >= min_margin) & (spread > 0)
 
 
-# ----- stored lists (offline rewarding) ----------------------------------------------------
-# A stored list is a record (perpo.data.records schema) plus these columns. ``sample.py`` writes
-# them; the PerPO release's JSONL adapter produces them too; ``data.lists=<path>`` trains on them.
-LIST_COLUMNS = ("answers", "rewards", "parsed")  # [N] str, [N] float32 in [0, 1], [N] bool
-TOKEN_COLUMN = "answer_ids"  # optional [N][*] int32: the sampler's token ids (with EOS)
-REF_COLUMNS = ("ref_logps", "ref_num_tokens")  # optional [N] float32 summed log-probs, [N] int32
+def read_stored_lists(rows: Sequence[dict], tokenizer: Any) -> tuple[list[list[list[int]]], ScoredLists]:
+    """(answer token ids, scored lists) of stored rows: the sampler's ids when stored, else the
+    answer text tokenized as the ground truth is (text + EOS)."""
+    from perpo.prompting import answer_ids
 
-
-def list_features(task: str, *, answer_ids: bool = False, ref_logps: bool = False):
-    """``datasets.Features`` of stored lists of ``task``: the record's columns plus the list's."""
-    import datasets
-
-    from perpo.data.records import features_for
-
-    features = dict(features_for(task))
-    features["answers"] = datasets.List(datasets.Value("string"))
-    features["rewards"] = datasets.List(datasets.Value("float32"))
-    features["parsed"] = datasets.List(datasets.Value("bool"))
-    if answer_ids:
-        features[TOKEN_COLUMN] = datasets.List(datasets.List(datasets.Value("int32")))
-    if ref_logps:
-        features["ref_logps"] = datasets.List(datasets.Value("float32"))
-        features["ref_num_tokens"] = datasets.List(datasets.Value("int32"))
-    return datasets.Features(features)
+    answers = [row[TOKEN_COLUMN] if row.get(TOKEN_COLUMN) else answer_ids(tokenizer, row["answers"]) for row in rows]
+    scored = ScoredLists(
+        answers,
+        [list(row["answers"]) for row in rows],
+        torch.tensor([list(row["rewards"]) for row in rows], dtype=torch.float32),
+        torch.tensor([list(row["parsed"]) for row in rows], dtype=torch.bool),
+    )
+    return answers, scored

@@ -27,7 +27,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from perpo.atomic import atomic_write
+from omegaconf import DictConfig
+
+from perpo.atomic import atomic_write, swap_folder_in
+from perpo.config import strategy_name
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +71,14 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: str | Path, save: Any =
     if not writes_directory(trainer.strategy):
         save(path)
         return
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    tmp = path.with_name(path.name + ".tmp")
     if trainer.is_global_zero and tmp.exists():
         shutil.rmtree(tmp)  # a crashed earlier write
     trainer.strategy.barrier()
     save(tmp)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        if path.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            path.rename(old)
-        tmp.rename(path)
-        if old.exists():
-            shutil.rmtree(old)
+        swap_folder_in(tmp, path)
     trainer.strategy.barrier()
 
 
@@ -141,3 +138,53 @@ def resume_path(run_dir: str | Path, resume: bool, ckpt_path: str | None) -> str
             "(the one holding checkpoints/), or a file as ckpt_path=<file>"
         )
     return str(last)
+
+
+_SHARDED = ("deepspeed", "fsdp")  # strategies with their own (sharded) checkpoint writers; FSDP "full": one file
+
+
+def checkpoint_trainer_kwargs(cfg: DictConfig, out_dir: Path) -> dict:
+    """Trainer keyword arguments for checkpoints: atomic writes unless the strategy shards them."""
+    ck = cfg.get("checkpoint") or {}
+    enabled = bool(ck.get("enabled", True))
+    kwargs: dict = {"enable_checkpointing": enabled}
+    name = strategy_name(cfg.trainer)
+    strategy = cfg.trainer.get("strategy")
+    one_file = "fsdp" in name and strategy.get("state_dict_type", "full") == "full"  # gathered on rank 0
+    if enabled and (one_file or not any(s in name for s in _SHARDED)):
+        kwargs["plugins"] = [AtomicCheckpointIO()]
+    return kwargs
+
+
+def checkpoint_callbacks(cfg: DictConfig, out_dir: Path) -> list:
+    ck = cfg.get("checkpoint") or {}
+    if not ck.get("enabled", True):
+        return []
+    every = ck.get("every_n_steps")
+    return [
+        periodic_checkpoint(out_dir, int(every) if every else None, bool(ck.get("keep_all", False))),
+        SaveOnSigterm(checkpoint_dir(out_dir)),
+    ]
+
+
+def rng_states() -> dict:
+    import random
+
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

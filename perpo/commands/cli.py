@@ -3,7 +3,7 @@ a user can fix (a wrong combination, a checkpoint that cannot be loaded, data or
 that do not fit, nothing to resume) into one message and exit code 2.
 
 In a multirun the error is raised instead of exiting: Hydra then records the job as failed and
-runs the others (``perpo.sweep_summary`` lists which failed and why).
+runs the others (``perpo.reporting.sweep_summary`` lists which failed and why).
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ def run_guarded(cfg: DictConfig, job: Callable[[DictConfig], Any]) -> Any:
     except ConfigError as err:
         _fail(err)
     # heavy imports only once the config is valid
-    from perpo.checkpointing import ResumeError
+    from perpo.training.checkpointing import ResumeError
     from perpo.data.adapters import DataError
     from perpo.models.loading import ModelLoadError
-    from perpo.offline import ListsError
+    from perpo.data.stored_lists import ListsError
+    from perpo.training.runtime import print_each_line_once
+
+    print_each_line_once()
 
     try:
         return job(cfg)

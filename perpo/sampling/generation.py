@@ -185,7 +185,7 @@ def generate(
     :data:`SHARED_PREFILL_UNSUPPORTED`. Greedy decoding with N > 1 gives N identical rows.
     ``row_seeds`` (one per prompt, e.g. :func:`record_seed`): each prompt's N samples come from
     its own seed (:class:`SeededSampler`) instead of the global RNG. ``synced_gpus`` (parameters
-    sharded over ranks, :func:`perpo.strategies.shards_parameters`): every rank keeps running
+    sharded over ranks, :func:`perpo.training.strategies.shards_parameters`): every rank keeps running
     forwards until all ranks' answers ended, since each forward gathers parameters collectively.
     """
     if prefill not in PREFILL_MODES:

@@ -9,7 +9,7 @@ every LLaVA / Qwen-VL / Idefics checkpoint, so most families need only a ``box_f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from perpo.boxes import box_space, get_box_format
 
@@ -51,3 +51,14 @@ class ChatFamily:
         if task.name == "counting":
             return str(int(target))
         return str(target)
+
+
+def task_spec(cfg) -> TaskSpec:
+    """The task of a composed Hydra config (``cfg.task``)."""
+    return TaskSpec(cfg.task.name, cfg.task.instruction, int(cfg.task.max_new_tokens))
+
+
+def answer_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of ground-truth / stored answers, terminated by EOS as a sampled answer is."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]

@@ -6,8 +6,20 @@ import logging
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 log = logging.getLogger("perpo")
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich bar, titled without an epoch count when the run is bounded by steps:
+    ``max_epochs=-1`` made the stock bar read ``Epoch 3/-2``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch}"
+        return f"{description:{len(self.validation_description)}}"
 
 
 class StepLog(L.Callback):

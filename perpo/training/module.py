@@ -14,124 +14,33 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
 
-from perpo import losses
-from perpo.batching import encode_prefixes, ground_truth_batch
-from perpo.config import ALL_LOSSES, LIST_LOSSES
-from perpo.evaluation import greedy_answers
-from perpo.families import ChatFamily, TaskSpec
-from perpo.lists import decode_and_score, keep_mask
-from perpo.metrics import TaskMetrics
-from perpo.offline import read_stored_lists
-from perpo.reference import disable_dropout, make_reference
-from perpo.sampling import SamplingConfig, generate, record_seed
-from perpo.scoring import answer_logps
-from perpo.shared_prefix import batch_logps, build_batch, resolve_layout
-from perpo.strategies import shards_parameters
+from perpo.losses import degenerate_lists, list_loss
+from perpo.listbatch.naive import encode_prefixes, ground_truth_batch
+from perpo.config import ALL_LOSSES
+from perpo.models.parts import freeze_vision_tower, param_groups
+from perpo.training.checkpointing import rng_states, set_rng_states
+from perpo.training.config import ListConfig, OptimConfig
+from perpo.evaluation.loop import greedy_answers
+from perpo.prompting import ChatFamily, TaskSpec
+from perpo.rewards.scored_lists import decode_and_score, keep_mask
+from perpo.evaluation.metrics import TaskMetrics
+from perpo.rewards.scored_lists import read_stored_lists
+from perpo.training.reference import disable_dropout, make_reference
+from perpo.sampling.generation import generate, record_seed
+from perpo.listbatch.logps import answer_logps
+from perpo.listbatch.packed import batch_logps, build_batch, resolve_layout
+from perpo.training.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
 
 
-#: Parameter-name fragments of vision towers across families (LLaVA, Qwen-VL, Idefics/SmolVLM).
-VISION_TOWER_KEYS = ("vision_tower", "visual.", "vision_model")
-PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger", "visual.deepstack_merger_list", "connector")
-
-
-def _part(name: str) -> str:
-    """Which part of a VLM a parameter belongs to: ``projector``, ``vision`` or ``rest``."""
-    if any(k in name for k in PROJECTOR_KEYS):
-        return "projector"
-    return "vision" if any(k in name for k in VISION_TOWER_KEYS) else "rest"
-
-
-def freeze_vision_tower(model: torch.nn.Module) -> None:
-    for name, p in model.named_parameters():
-        if _part(name) == "vision":
-            p.requires_grad_(False)
-
-
-def param_groups(model: torch.nn.Module, *, lr: float, projector_lr: float | None = None, vision_lr: float | None = None) -> list[dict]:
-    """AdamW groups: vision tower, projector and the rest, each with its own learning rate.
-
-    ``vision_lr=0`` freezes the vision tower (its parameters get ``requires_grad=False``).
-    """
-    if vision_lr == 0:
-        freeze_vision_tower(model)
-    parts: dict[str, list] = {"rest": [], "projector": [], "vision": []}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            parts[_part(name)].append(p)
-    rates = {"rest": lr, "projector": projector_lr, "vision": vision_lr}
-    return [
-        {"params": params, "lr": lr if rates[part] is None else rates[part]}
-        for part, params in parts.items()
-        if params or part == "rest"
-    ]
-
-
-def rng_states() -> dict:
-    import random
-
-    import numpy as np
-
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 class TrainingCollapsed(RuntimeError):
     """Every list was dropped for many steps in a row: there is nothing left to learn from."""
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 3e-4
-    projector_lr: float | None = None  # None: same as lr
-    vision_lr: float | None = None  # vision tower; None: same as lr, 0: frozen
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    scheduler: str = "cosine"  # any name of transformers.get_scheduler
-    warmup_steps: int = 0
-
-
-@dataclass
-class ListConfig:
-    listsize: int = 8
-    min_margin: float = 0.1
-    max_empty_steps: int = 20  # consecutive steps with every list dropped -> TrainingCollapsed
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-
-def list_loss_fn(loss: str, *, beta: float, gamma: float | None, margin: str = "power") -> Callable:
-    """(policy_logps, ref_logps, rewards) -> [B] for the configured loss and pair weights."""
-    if loss == "perpo":
-        if margin == "lambda":
-            return partial(losses.lipo_lambda_loss, beta=beta)
-        return partial(losses.perpo_loss, beta=beta, gamma=gamma)
-    if loss == "lipo":
-        return partial(losses.lipo_loss, beta=beta)
-    if loss == "dpo":
-        return partial(losses.dpo_loss, beta=beta)
-    raise ValueError(f"loss={loss!r} is not a list loss; choose one of {LIST_LOSSES}")
 
 
 class PerPOModule(L.LightningModule):
@@ -172,9 +81,9 @@ class PerPOModule(L.LightningModule):
         self.stored_lists = stored_lists
         if self.optim.vision_lr == 0:  # frozen before any strategy wraps the model (DDP registers grads then)
             freeze_vision_tower(self.policy)
-        # shared: one pass over each list's image + prompt (perpo.shared_prefix); naive: N copies
+        # shared: one pass over each list's image + prompt (perpo.listbatch.packed); naive: N copies
         self.scoring = resolve_layout(scoring, policy, processor) if loss != "sft" else "naive"
-        self.list_loss = None if loss == "sft" else list_loss_fn(loss, beta=beta, gamma=gamma, margin=margin)
+        self.list_loss = None if loss == "sft" else list_loss(loss, beta=beta, gamma=gamma, margin=margin)
         # The reference is only needed by preference losses; SFT never builds one.
         self.reference = None if loss == "sft" else make_reference(reference, policy)
         self.val_metrics = TaskMetrics(task.name, box_format=family.box_format_name)
@@ -208,7 +117,7 @@ class PerPOModule(L.LightningModule):
             scored = decode_and_score(self.reward_fn, records, answers, self.processor)
         keep = keep_mask(scored, self.lists.min_margin)
         self._log_lists(scored, keep)
-        # for the samples table and reward histogram (perpo.callbacks.ListSamples)
+        # for the samples table and reward histogram (perpo.training.callbacks.ListSamples)
         self.recent_lists = list(zip(records, scored.texts, scored.rewards.tolist(), keep.tolist()))
         self.reward_history.extend(scored.rewards.flatten().tolist())
         kept = keep.nonzero().squeeze(1).tolist()
@@ -263,7 +172,7 @@ class PerPOModule(L.LightningModule):
 
     def _log_lists(self, scored, keep):
         n_lists, n = scored.rewards.shape
-        degenerate = losses.degenerate_lists(scored.rewards)
+        degenerate = degenerate_lists(scored.rewards)
         c = self.counters
         c["lists_seen"] += n_lists
         c["lists_kept"] += int(keep.sum())

@@ -1,6 +1,6 @@
 """Shared-prefix scoring: each list's image and prompt run through the model ONCE.
 
-The naive layout (:func:`perpo.batching.build_list_batch`) copies a list's prefix (image
+The naive layout (:func:`perpo.listbatch.naive.build_list_batch`) copies a list's prefix (image
 placeholders + prompt, P tokens) into each of its N rows, so a list costs N * (P + A) tokens
 and N vision-tower passes. Here a list is ONE packed sequence
 
@@ -39,8 +39,8 @@ from typing import Sequence
 
 import torch
 
-from perpo.batching import ListBatch, Prefixes, build_list_batch
-from perpo.scoring import AnswerLogps, answer_logps, token_logps
+from perpo.listbatch.naive import ListBatch, Prefixes, build_list_batch
+from perpo.listbatch.logps import AnswerLogps, answer_logps, token_logps
 
 LAYOUTS = ("shared", "naive")
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def pack_lists(
     pad_token_id: int,
     select: Sequence[int] | None = None,
 ) -> PackedBatch:
-    """Shared-prefix layout; arguments as in :func:`perpo.batching.build_list_batch`."""
+    """Shared-prefix layout; arguments as in :func:`perpo.listbatch.naive.build_list_batch`."""
     select = list(range(len(answers))) if select is None else list(select)
     if len(select) != len(answers):
         raise ValueError(f"select names {len(select)} records but there are {len(answers)} lists")

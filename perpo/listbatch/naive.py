@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from perpo.prompting import answer_ids
+
 # Processor outputs that are per-token (built here), not per-image (repeated per answer).
 _TOKEN_KEYS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
 # Per-token type ids some families need in the forward (Qwen-VL M-RoPE: mm_token_type_ids;
@@ -101,12 +103,6 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
         pad[(slice(None), *(slice(0, n) for n in t.shape[1:]))] = t
         out.append(pad)
     return torch.cat(out)
-
-
-def answer_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of ground-truth / stored answers, terminated by EOS as a sampled answer is."""
-    eos = tokenizer.eos_token_id
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
 
 
 def build_list_batch(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from perpo.batching import ListBatch
+from perpo.listbatch.naive import ListBatch
 
 
 @dataclass

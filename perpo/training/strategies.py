@@ -4,7 +4,7 @@ Sharded parameters (FSDP, DeepSpeed ZeRO-3) change one thing for PerPO: every fo
 sharded block all-gathers its parameters, a collective, so every rank must run the same number
 of forwards. Sampling then runs transformers' synchronized generation (``synced_gpus``: a rank
 whose answers ended keeps stepping until every rank's have), and a rank whose lists were all
-dropped by the spread filter still scores one list, with weight 0 (``perpo.module``).
+dropped by the spread filter still scores one list, with weight 0 (``perpo.training.module``).
 
 ``FSDPStrategy`` is Lightning's, with two defaults a VLM needs:
 
@@ -17,6 +17,8 @@ dropped by the spread filter still scores one list, with weight 0 (``perpo.modul
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
@@ -111,3 +113,28 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()
+
+
+def gather_full_policy(trainer, module, fresh_policy: Callable[[], torch.nn.Module]):
+    """The trained policy as one whole model on rank 0, for the after-evaluation and save_pretrained.
+
+    Under FSDP (and ZeRO-3) each rank holds a shard of every weight: the full weights are gathered
+    to rank 0 (a collective: every rank calls this) and loaded into ``fresh_policy()``, a fresh
+    copy of the base model (same family, same LoRA). Other ranks get None. Otherwise:
+    ``module.policy`` itself.
+    """
+    strategy = trainer.strategy
+    if not shards_parameters(strategy):
+        return module.policy
+    if isinstance(strategy, LightningFSDPStrategy):
+        state = strategy.lightning_module_state_dict()  # full on rank 0 (trainer.strategy.state_dict_type: full)
+    else:  # DeepSpeed ZeRO-3 (checked on CPU: trainer=deepspeed_zero3_sim)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if trainer.is_global_zero else {}
+    if not trainer.is_global_zero:
+        return None
+    policy = fresh_policy()
+    policy.load_state_dict({k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")})
+    return policy.eval()

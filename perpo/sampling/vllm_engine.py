@@ -1,6 +1,6 @@
 """Generation engines for offline rewarding (``sample.engine``): who draws the N answers.
 
-``transformers`` (default): :func:`perpo.sampling.generate` on the loaded model -- CPU and GPU,
+``transformers`` (default): :func:`perpo.sampling.generation.generate` on the loaded model -- CPU and GPU,
 one prefill per prompt, per-record seeds. ``vllm`` (optional extra, GPUs): vLLM's offline
 ``LLM.generate`` with the image as multi-modal input and one seed per request, the usual choice
 at scale. Both return token ids per prompt and sample, ending with perpo's EOS when the answer

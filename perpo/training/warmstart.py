@@ -1,0 +1,96 @@
+"""The SFT warm start: the base PerPO aligns, fitted on ground truth and cached by a hash of
+everything that determines it (model, task, data sizes and seed, warm-start settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
+from omegaconf import DictConfig, OmegaConf
+
+from perpo.data.box_space import with_box_space
+from perpo.data.datamodule import RecordDataModule
+from perpo.models.loading import atomic_save_pretrained, ensure_tiny, load_model
+from perpo.prompting import ChatFamily, task_spec
+from perpo.training.callbacks import StepLog, StepProgressBar
+from perpo.training.config import optim_config
+from perpo.training.module import PerPOModule
+
+log = logging.getLogger(__name__)
+
+
+def config_digest(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def prepare_base(cfg: DictConfig, splits) -> Path:
+    """The model PerPO starts from: the configured checkpoint, SFT-warm-started if enabled.
+
+    The SFT base is cached under ``paths.cache_dir`` keyed by everything that determines it, so
+    later runs (other losses, seeds of the aligner, sweeps) reuse it.
+    """
+    model_cfg = cfg.model
+    path = Path(model_cfg.path)
+    if model_cfg.get("build_tiny"):  # one folder per architecture, so changing arch never reuses a stale build
+        arch = OmegaConf.to_container(model_cfg.arch)
+        path = ensure_tiny(path.with_name(f"{path.name}-{config_digest(arch)}"), seed=0, **arch)
+    elif not path.exists() and "/" not in str(model_cfg.path):
+        raise FileNotFoundError(f"model.path={model_cfg.path!r} is neither a local folder nor a hub id")
+    ws = cfg.warmstart
+    if not ws.enabled:
+        return path
+    key = config_digest(
+        OmegaConf.to_container(model_cfg, resolve=True),
+        OmegaConf.to_container(cfg.task, resolve=True),
+        OmegaConf.to_container(cfg.data.sizes),
+        cfg.data.seed,
+        OmegaConf.to_container(ws, resolve=True),
+        cfg.seed,
+    )
+    base = Path(cfg.paths.cache_dir) / "sft_base" / f"{model_cfg.name}-{cfg.task.name}-{key}"
+    if (base / "config.json").exists():
+        log.info("SFT warm start: reusing the cached base at %s", base)
+        return base
+    log.info("SFT warm start: SFT on ground truth for up to %d steps (stops at warmstart.stop_at) -> %s", ws.steps, base)
+    start = time.time()
+    L.seed_everything(int(cfg.seed), verbose=False)
+    model, processor = load_model(
+        path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"),
+        eos_token=model_cfg.get("eos_token"),
+    )  # fmt: skip
+    family = ChatFamily(processor, model_cfg.box_format, system_prompt=model_cfg.get("system_prompt"))
+    splits = with_box_space(splits, processor, model_cfg.box_format)
+    module = PerPOModule(
+        model, processor, family, task_spec(cfg), None, loss="sft",
+        optim=optim_config(ws),
+    )
+    callbacks: list = [StepLog(50), StepProgressBar()]
+    stop = ws.get("stop_at")
+    if stop:  # a base that "can already do the task somewhat": stop once val reaches the target
+        callbacks.append(
+            EarlyStopping(
+                monitor=f"val/{stop.metric}", mode=stop.mode, stopping_threshold=float(stop.value),
+                patience=10**9, check_on_train_epoch_end=False,
+            )
+        )  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=int(ws.steps), accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1,
+        logger=False, enable_checkpointing=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
+        val_check_interval=int(ws.val_every) if stop else None, check_val_every_n_epoch=None if stop else 1,
+        limit_val_batches=None if stop else 0, enable_model_summary=False, callbacks=callbacks,
+    )  # fmt: skip
+    trainer.fit(module, RecordDataModule(splits["train"], splits.get("val"), batch_size=int(ws.batch_size), seed=int(cfg.seed)))
+    atomic_save_pretrained(module.policy, processor, base)
+    reached = trainer.callback_metrics.get(f"val/{stop.metric}") if stop else None
+    log.info(
+        "SFT warm start done in %.0f s, %d steps%s", time.time() - start, trainer.global_step,
+        f", val {stop.metric}={float(reached):.3f} (target {stop.value})" if reached is not None else "",
+    )  # fmt: skip
+    return base
