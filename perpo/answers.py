@@ -9,7 +9,7 @@ import functools
 import re
 from collections.abc import Mapping
 
-from perpo.boxes import BoxFormat, box_space, get_box_format
+from perpo.boxes import BoxFormat, get_box_format, read_box
 
 
 NUMBER_WORDS: dict[str, int] = {
@@ -100,9 +100,10 @@ def _box_format(name: str) -> BoxFormat:
     return get_box_format(name)
 
 
-def parse_box(completion: str, record: Mapping, box_format: str = "norm2") -> list[float] | None:
-    """The normalized xyxy box in ``completion`` (read with ``box_format``), or ``None``."""
+def parse_box(completion: str, record: Mapping, box_format: str = "norm2", box_frame: str = "original") -> list[float] | None:
+    """The box in ``completion`` (written in ``box_format``, in ``box_frame``) as normalized xyxy
+    of the original image, or ``None``."""
     fmt = _box_format(box_format)
     if not isinstance(completion, str):
         return None
-    return fmt.parse(completion, *box_space(record))
+    return read_box(completion, record, fmt, box_frame)

@@ -17,6 +17,24 @@ name                  text                                                   coo
 ``int1000``           ``[120, 340, 560, 780]`` (Qwen3-VL style)              integers 0-1000
 ====================  =====================================================  ===============
 
+A box is also numbers **in a frame** (``model.box_frame``), i.e. fractions of which picture:
+
+=================  ==========================================================================
+frame              the box's coordinates are fractions (or pixels) of
+=================  ==========================================================================
+``original``       the original image (records, lmms-eval's RefCOCO scoring, COCO tools)
+``padded_square``  the image padded to a square of side max(w, h), centred (LLaVA-1.5's
+                   ``image_aspect_ratio=pad``: ``expand2square``); LLaVA-1.5 learned its
+                   RefCOCO / VG boxes in this frame (haotian-liu/LLaVA issues #606, #822)
+``resized``        the image as the processor resized it, without padding (Qwen2.5-VL's
+                   ``smart_resize``: pixel formats use ``box_width`` / ``box_height``);
+                   as fractions it equals ``original``
+=================  ==========================================================================
+
+Records hold targets in the ``original`` frame. :func:`to_frame` / :func:`from_frame` are the one
+conversion: prompts' answers are written in the model's frame, and every reader (reward,
+metric, drawing, predictions) converts what it parsed back to ``original``.
+
 Parsing is lenient and never raises on any string: words around the box are ignored, the first
 of several boxes wins, swapped corners are reordered (``x1 <= x2``, ``y1 <= y2``), values are
 clipped to the image, and ``None`` means no box could be read (no four numbers in a box-like
@@ -46,6 +64,11 @@ __all__ = [
     "get_box_format",
     "box_iou",
     "box_giou",
+    "BOX_FRAMES",
+    "to_frame",
+    "from_frame",
+    "write_box",
+    "read_box",
 ]
 
 Box = list[float]
@@ -295,6 +318,62 @@ def box_giou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = max(0.0, iw) * max(0.0, ih)
     union = _area(a) + _area(b) - inter
     return min(1.0, max(-1.0, iou - (enclosing - union) / enclosing))
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+BOX_FRAMES = ("original", "padded_square", "resized")
+
+
+def _square_offsets(width, height) -> tuple[float, float, float]:
+    """(side, x offset, y offset) of the image pasted centred into its padded square, in pixels."""
+    w, h = _check_size(width, height)
+    side = max(w, h)
+    return side, (side - w) / 2.0, (side - h) / 2.0
+
+
+def _check_frame(frame: str) -> None:
+    if frame not in BOX_FRAMES:
+        raise ValueError(f"unknown box frame {frame!r} (model.box_frame); known: {', '.join(BOX_FRAMES)}")
+
+
+def to_frame(box: Sequence[float], frame: str, width=None, height=None) -> Box:
+    """A normalized xyxy box of the original image as fractions of ``frame``'s picture.
+
+    ``padded_square`` needs the original image size: x' = (x w + (s - w) / 2) / s with s = max(w, h)."""
+    _check_frame(frame)
+    if frame != "padded_square":
+        return [float(v) for v in box]
+    side, dx, dy = _square_offsets(width, height)
+    w, h = side - 2 * dx, side - 2 * dy
+    x1, y1, x2, y2 = box
+    return [(x1 * w + dx) / side, (y1 * h + dy) / side, (x2 * w + dx) / side, (y2 * h + dy) / side]
+
+
+def from_frame(box: Sequence[float], frame: str, width=None, height=None) -> Box:
+    """The inverse of :func:`to_frame`: fractions of ``frame``'s picture -> of the original image
+    (clipped to it: a box in the padding is outside the image)."""
+    _check_frame(frame)
+    if frame != "padded_square":
+        return [float(v) for v in box]
+    side, dx, dy = _square_offsets(width, height)
+    w, h = side - 2 * dx, side - 2 * dy
+    x1, y1, x2, y2 = box
+    return _canonical((x1 * side - dx) / w, (y1 * side - dy) / h, (x2 * side - dx) / w, (y2 * side - dy) / h)
+
+
+def write_box(box: Sequence[float], record, box_format: "BoxFormat", frame: str = "original") -> str:
+    """The record's original-frame box as the model writes it: in its frame, in its format."""
+    return box_format.format(to_frame(box, frame, record.get("width"), record.get("height")), *box_space(record))
+
+
+def read_box(text: str, record, box_format: "BoxFormat", frame: str = "original") -> Box | None:
+    """The box a model wrote, read in its format and frame, as normalized xyxy of the original
+    image; ``None`` when no box can be read. Never raises on model output."""
+    box = box_format.parse(text, *box_space(record))
+    if box is None:
+        return None
+    return from_frame(box, frame, record.get("width"), record.get("height"))
 
 
 def box_space(record) -> tuple[int | None, int | None]:

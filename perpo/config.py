@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from perpo.boxes import BOX_FRAMES
 from perpo.rewards import REWARD_TASKS
 
 # Known here (not imported from perpo.training.module) so that validation runs before torch is imported.
@@ -74,6 +75,9 @@ def _problems(cfg: DictConfig):
         yield f"warmstart.steps={cfg.warmstart.steps}: must be > 0, or warmstart.enabled=false"
     if cfg.get("scoring", "auto") not in ("auto", "shared", "naive"):
         yield f"scoring={cfg.get('scoring')} is not known; choose auto, shared or naive"
+    frame = cfg.model.get("box_frame", "original")
+    if frame not in BOX_FRAMES:
+        yield f"model.box_frame={frame} is not known; choose one of {', '.join(BOX_FRAMES)} (perpo/boxes.py says which picture each means)"
     family = cfg.model.get("family")
     if family:
         from perpo.models.families import check_family  # no torch import

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from perpo.boxes import box_space, get_box_format
+from perpo.boxes import get_box_format, write_box
 
 
 @dataclass
@@ -26,10 +26,11 @@ class TaskSpec:
 class ChatFamily:
     """Prompts via ``processor.apply_chat_template``; answers in the family's box convention."""
 
-    def __init__(self, processor: Any, box_format: str = "norm2", system_prompt: str | None = None):
+    def __init__(self, processor: Any, box_format: str = "norm2", system_prompt: str | None = None, box_frame: str = "original"):
         self.processor = processor
         self.box_format_name = box_format
         self.box_format = get_box_format(box_format)
+        self.box_frame = box_frame  # the picture the model's box numbers are fractions of (perpo.boxes)
         self.system_prompt = system_prompt
 
     def prompt_text(self, record: Mapping, task: TaskSpec) -> str:
@@ -47,7 +48,7 @@ class ChatFamily:
         """The ground truth written as this family should answer it (SFT targets, DPO chosen)."""
         target = record["target"]
         if task.name == "grounding":
-            return self.box_format.format(list(target), *box_space(record))
+            return write_box(list(target), record, self.box_format, self.box_frame)
         if task.name == "counting":
             return str(int(target))
         return str(target)

@@ -183,3 +183,87 @@ def test_giou_hand_values():
     near = box_giou([0.0, 0.0, 0.1, 0.1], [0.1, 0.0, 0.2, 0.1])
     assert -1.0 <= far < near
     assert box_giou([0.3, 0.3, 0.3, 0.3], [0.3, 0.3, 0.3, 0.3]) == -1.0  # degenerate enclosure
+
+
+# -- frames: which picture the box numbers are fractions of ------------------------------------
+# A 200 x 100 image (w > h). Padded to a 200 x 200 square, the image sits 50 px down (centred):
+#   y' = (y * 100 + 50) / 200, x' = x. The original box [0.25, 0.2, 0.75, 0.6] becomes
+#   [0.25, 0.35, 0.75, 0.55] in the padded square. Read in the wrong frame (original), that text
+#   is [0.25, 0.35, 0.75, 0.55] of the image: overlap in y 0.35-0.55 (0.2) over union 0.2-0.6
+#   (0.4), x identical -> IoU 0.5.
+WIDE = {"id": "wide", "width": 200, "height": 100, "target": [0.25, 0.2, 0.75, 0.6]}
+
+
+def test_padded_square_frame_by_hand():
+    from perpo.boxes import from_frame, to_frame
+
+    assert to_frame(WIDE["target"], "padded_square", 200, 100) == pytest.approx([0.25, 0.35, 0.75, 0.55])
+    assert from_frame([0.25, 0.35, 0.75, 0.55], "padded_square", 200, 100) == pytest.approx(WIDE["target"])
+    # a tall image pads left and right: 100 x 200 -> x' = (x * 100 + 50) / 200
+    assert to_frame([0.0, 0.0, 1.0, 1.0], "padded_square", 100, 200) == pytest.approx([0.25, 0.0, 0.75, 1.0])
+    for frame in ("original", "resized"):  # as fractions, resizing without padding changes nothing
+        assert to_frame(WIDE["target"], frame, 200, 100) == pytest.approx(WIDE["target"])
+
+
+def test_right_frame_gives_iou_1_wrong_frame_less():
+    """The family writes its answer in its frame; the reward, the metric and the predictions
+    read it back in that frame. Read in another frame, the same answer scores 0.5."""
+    from perpo.evaluation.metrics import TaskMetrics
+    from perpo.prompting import ChatFamily, TaskSpec
+    from perpo.rewards import get_reward
+
+    task = TaskSpec("grounding", "{prompt}", 16)
+    llava = ChatFamily(None, "norm2", box_frame="padded_square")
+    text = llava.answer_text(WIDE, task)
+    assert text == "[0.25, 0.35, 0.75, 0.55]"
+    iou = get_reward("iou")
+    assert iou(text, WIDE, box_format="norm2", box_frame="padded_square") == pytest.approx(1.0)
+    assert iou(text, WIDE, box_format="norm2", box_frame="original") == pytest.approx(0.5)
+    right = TaskMetrics("grounding", box_format="norm2", box_frame="padded_square", sync_on_compute=False)
+    wrong = TaskMetrics("grounding", box_format="norm2", box_frame="original", sync_on_compute=False)
+    right.update([text], [WIDE])
+    wrong.update([text], [WIDE])
+    assert right.compute()["miou"] == pytest.approx(1.0) and right.compute()["acc@0.5"] == 1.0
+    assert wrong.compute()["miou"] == pytest.approx(0.5)
+
+
+def test_pixel_format_in_the_resized_frame_reads_back_to_the_original():
+    """Qwen2.5-VL: pixels of the resized image (box_width x box_height = 224 x 112 here)."""
+    from perpo.prompting import ChatFamily, TaskSpec
+    from perpo.rewards import get_reward
+
+    record = {**WIDE, "box_width": 224, "box_height": 112}
+    text = ChatFamily(None, "qwen25vl", box_frame="resized").answer_text(record, TaskSpec("grounding", "{prompt}", 32))
+    assert text == '[{"bbox_2d": [56, 22, 168, 67]}]'  # 0.25*224, 0.2*112=22.4, 0.75*224, 0.6*112=67.2
+    assert get_reward("iou")(text, record, box_format="qwen25vl", box_frame="resized") > 0.98
+
+
+def test_predictions_carry_the_box_in_the_original_frame():
+    from perpo.evaluation.loop import prediction_row
+    from perpo.prompting import ChatFamily, TaskSpec
+
+    row = prediction_row(WIDE, "[0.25, 0.35, 0.75, 0.55]", TaskSpec("grounding", "{prompt}", 16),
+                         ChatFamily(None, "norm2", box_frame="padded_square"))  # fmt: skip
+    assert row["box"] == pytest.approx(WIDE["target"])
+    assert row["box_pixels"] == pytest.approx([50.0, 20.0, 150.0, 60.0])
+    assert (row["width"], row["height"]) == (200, 100)
+    assert prediction_row(WIDE, "no box", TaskSpec("grounding", "{prompt}", 16), ChatFamily(None, "norm2"))["box"] is None
+
+
+def test_unknown_frame_is_refused_by_name():
+    from perpo.boxes import to_frame
+
+    with pytest.raises(ValueError, match="model.box_frame"):
+        to_frame([0, 0, 1, 1], "letterbox", 10, 10)
+
+
+@pytest.mark.parametrize("family", ["tiny", "llava15", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3", "smolvlm"])
+def test_every_family_states_its_frame_with_a_source(family):
+    from pathlib import Path
+
+    from perpo.boxes import BOX_FRAMES
+
+    text = (Path(__file__).resolve().parents[1] / "conf" / "model" / f"{family}.yaml").read_text()
+    frame = next(line.split()[1] for line in text.splitlines() if line.startswith("box_frame:"))
+    assert frame in BOX_FRAMES
+    assert "# box_frame:" in text  # the why, with its source

@@ -32,11 +32,12 @@ def _has(module: str) -> bool:
 
 
 STEPS = 4
+VAL_EVERY = 2  # validation runs at steps 2 and 4: 5 val records, so rank 1's share is padded
 BUDGET = [
-    *WARM_START, "data.sizes.train=32", "data.sizes.val=4", "data.sizes.test=8", "listsize=4", "data.min_margin=0.0",
+    *WARM_START, "data.sizes.train=32", "data.sizes.val=5", "data.sizes.test=8", "listsize=4", "data.min_margin=0.0",
     "data.max_empty_steps=1000", "eval.batch_size=8", "optim.lr=1e-3", "eval.image_check=false",
     "+reward.fn._target_=tests.user_rewards.length_reward", f"trainer.max_steps={STEPS}",
-    "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1", "checkpoint.enabled=false",
+    f"trainer.val_check_interval={VAL_EVERY}", "trainer.log_every_n_steps=1", "checkpoint.enabled=false",
 ]  # fmt: skip
 
 
@@ -128,6 +129,12 @@ def test_multi_process_follows_the_single_process(runs, trainer):
         assert len(single) == len(other) == STEPS, (key, single, other)
         assert other == pytest.approx(single, abs=2e-4), key
     assert len(set(_curve(root / "one", "train/loss"))) > 1  # the policy moved: not a flat curve
+    # In-loop validation ran (steps 2 and 4), each rank on its own share of the 5 val records;
+    # the metrics summed over ranks are one process's on the whole set (counts: exact).
+    for key in ("val/acc@0.5", "val/parse_rate", "val/miou"):
+        single, other = _curve(root / "one", key), _curve(multi, key)
+        assert len(single) == len(other) == STEPS // VAL_EVERY, (key, single, other)
+        assert other == (single if key != "val/miou" else pytest.approx(single, abs=1e-6)), key
     one, two = (json.loads((d / "results.json").read_text()) for d in (root / "one", multi))
     assert two["list_counters"] == one["list_counters"]  # summed over the two ranks
     assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125

@@ -451,7 +451,8 @@ def test_evaluate_writes_metrics_table_and_predictions(cache, first_run):
     for key in GROUNDING_METRICS:
         assert report["metrics"][key] == pytest.approx(after[key]), key
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 8 and all(set(p) == {"id", "prediction"} for p in predictions)
+    # grounding: the box also in the original frame (box, box_pixels) for external tools
+    assert len(predictions) == 8 and all(set(p) == {"id", "prediction", "box", "box_pixels", "width", "height"} for p in predictions)
     table = (out / "eval.md").read_text()
     assert "| acc@0.5 |" in table and "split test (8 records)" in table
 

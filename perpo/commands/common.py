@@ -82,7 +82,9 @@ def load_base(cfg: DictConfig, path: Path, splits):
         path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
         eos_token=cfg.model.get("eos_token"),
     )  # fmt: skip
-    family = ChatFamily(processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"))
+    family = ChatFamily(
+        processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"), box_frame=cfg.model.get("box_frame", "original")
+    )
     return model, processor, family, with_box_space(splits, processor, cfg.model.box_format)
 
 

@@ -68,6 +68,32 @@ class GlobalBatchSampler(Sampler[list[int]]):
                 yield share
 
 
+#: Marks a copy of a val record that only keeps a rank in step (never counted by metrics).
+PAD = "_pad"
+
+
+class ValShard(torch.utils.data.Dataset):
+    """This rank's share of the validation records: items r, r + W, r + 2W, ... of W ranks.
+
+    Every rank gets ceil(n / W) items, a shorter share ending in copies of a record marked
+    ``PAD``: every rank then runs the same number of validation batches (under FSDP / ZeRO-3
+    every forward all-gathers, a collective), while the metrics count each record exactly once,
+    so their sums over ranks equal one process's on the whole set."""
+
+    def __init__(self, records, rank: int = 0, world_size: int = 1):
+        self.records = records
+        self.indices = list(range(rank, len(records), world_size))
+        self.length = -(-len(records) // world_size)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i < len(self.indices):
+            return self.records[self.indices[i]]
+        return {**self.records[self.indices[0] if self.indices else 0], PAD: True}
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader whose ``state_dict`` is Lightning's position in the epoch (see module doc)."""
 
@@ -116,4 +142,7 @@ class RecordDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if self.val_set is None or len(self.val_set) == 0:
             return []
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=_as_list, num_workers=self.num_workers)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        shard = ValShard(self.val_set, rank, world)  # each rank scores its own share (see ValShard)
+        return DataLoader(shard, batch_size=self.val_batch_size, collate_fn=_as_list, num_workers=self.num_workers)

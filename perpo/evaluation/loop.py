@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from perpo.boxes import read_box
 from perpo.listbatch.naive import ground_truth_batch
 from perpo.prompting import ChatFamily, TaskSpec
 from perpo.evaluation.metrics import TaskMetrics
@@ -37,6 +38,21 @@ def greedy_answers(
     return [decode(processor, row[0]) for row in out]
 
 
+def prediction_row(record, text: str, task: TaskSpec, family: ChatFamily) -> dict[str, Any]:
+    """One line of predictions.jsonl. For grounding, the box is also given in the original
+    image's frame, whatever the model's frame and format, so that external tools (lmms-eval,
+    pycocotools) can score it: ``box`` normalized xyxy in [0, 1], ``box_pixels`` in pixels of the
+    original image (None when the answer holds no box)."""
+    row: dict[str, Any] = {"id": record["id"], "prediction": text}
+    if task.name == "grounding":
+        box = read_box(text, record, family.box_format, family.box_frame)
+        w, h = record.get("width"), record.get("height")
+        row["box"] = box
+        row["box_pixels"] = None if box is None or not (w and h) else [box[0] * w, box[1] * h, box[2] * w, box[3] * h]
+        row["width"], row["height"] = w, h
+    return row
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -50,13 +66,13 @@ def evaluate(
     return_predictions: bool = False,
 ) -> dict[str, Any]:
     # the whole set in this process: no sum over ranks (rank 0 evaluates alone after training)
-    metrics = TaskMetrics(task.name, box_format=family.box_format_name, sync_on_compute=False)
+    metrics = TaskMetrics(task.name, box_format=family.box_format_name, box_frame=family.box_frame, sync_on_compute=False)
     predictions = []
     with tqdm(total=len(records), desc=desc, unit="item", dynamic_ncols=True) as bar:
         for batch in _batches(records, batch_size):
             texts = greedy_answers(model, processor, family, task, batch)
             metrics.update(texts, batch)
-            predictions += [{"id": r["id"], "prediction": t} for r, t in zip(batch, texts)]
+            predictions += [prediction_row(r, t, task, family) for r, t in zip(batch, texts)]
             bar.update(len(batch))
     result: dict[str, Any] = metrics.compute()
     if return_predictions:

@@ -67,9 +67,10 @@ class GroundingMetric(torchmetrics.Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, box_format: str = "norm2", threshold: float = 0.5, **kwargs):
+    def __init__(self, box_format: str = "norm2", threshold: float = 0.5, box_frame: str = "original", **kwargs):
         super().__init__(**kwargs)
         self.box_format = box_format
+        self.box_frame = box_frame
         self.threshold = threshold
         for name in ("hits", "iou_sum", "parsed", "total"):
             self.add_state(name, default=_zero(), dist_reduce_fx="sum")
@@ -77,7 +78,7 @@ class GroundingMetric(torchmetrics.Metric):
     def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
         _check_lengths(completions, records)
         for completion, record in zip(completions, records):
-            box = parse_box(completion, record, self.box_format)
+            box = parse_box(completion, record, self.box_format, self.box_frame)
             iou = 0.0 if box is None else box_iou(box, [float(v) for v in record["target"]])
             self.hits += float(iou >= self.threshold - _IOU_EPS)
             self.iou_sum += iou
@@ -257,7 +258,7 @@ class TaskMetrics:
     {'accuracy': 0.5, 'mae': 0.5, 'parse_rate': 1.0}
     """
 
-    def __init__(self, task: str, box_format: str = "norm2", *, sync_on_compute: bool = True):
+    def __init__(self, task: str, box_format: str = "norm2", *, box_frame: str = "original", sync_on_compute: bool = True):
         """``sync_on_compute=False``: one process scores the whole set (no sum over ranks)."""
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
@@ -266,7 +267,7 @@ class TaskMetrics:
         self._bleu: ShortTextBLEUScore | None = None
         sync = {"sync_on_compute": sync_on_compute}
         if task == "grounding":
-            self._main: torchmetrics.Metric = GroundingMetric(box_format=box_format, **sync)
+            self._main: torchmetrics.Metric = GroundingMetric(box_format=box_format, box_frame=box_frame, **sync)
         elif task == "ocr":
             self._main = OCRMetric(**sync)
             self._bleu = ShortTextBLEUScore(**sync)

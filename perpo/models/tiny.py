@@ -51,24 +51,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """A fast tokenizer: one token per character, per special token and per template phrase."""
+def char_level_tokenizer(specials, phrases=(), *, unk: str, **fast_kwargs):
+    """A fast tokenizer with one token per special token, per phrase and per character (in that
+    vocabulary order), for tiny models built offline: the embedded default and the test families.
+    ``fast_kwargs`` go to ``PreTrainedTokenizerFast``."""
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for piece in [*PHRASES, *CHARS]:
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for piece in [*phrases, *CHARS]:
         vocab.setdefault(piece, len(vocab))
     # Split into phrases (longest first) or single characters, keeping every piece.
-    alternatives = "|".join(_regex_escape(p) for p in sorted(PHRASES, key=len, reverse=True))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{alternatives}|[\\s\\S]"), behavior="isolated")
+    alternatives = "".join(_regex_escape(p) + "|" for p in sorted(phrases, key=len, reverse=True))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{alternatives}[\\s\\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()  # concatenate pieces back without separators
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **fast_kwargs)
+
+
+def build_tokenizer():
+    """A fast tokenizer: one token per character, per special token and per template phrase."""
+    fast = char_level_tokenizer(
+        SPECIALS,
+        PHRASES,
+        unk=UNK,
         pad_token=PAD,
         bos_token=BOS,
         eos_token=EOS,
-        unk_token=UNK,
         extra_special_tokens={"image_token": IMAGE},
         padding_side="left",
         add_bos_token=False,

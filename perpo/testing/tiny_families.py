@@ -29,14 +29,13 @@ gemma3             Gemma3ForConditionalGeneration         SigLIP 32/8   4 (poole
 
 from __future__ import annotations
 
-import string
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from perpo.models.tiny import char_level_tokenizer
 
-CHARS = string.ascii_letters + string.digits + string.punctuation + " \n"
 
 # Shared tiny sizes (small enough that every family builds, saves and loads in ~1 s on CPU).
 TEXT = dict(hidden=64, layers=2, heads=4, kv_heads=2)
@@ -62,21 +61,13 @@ def char_tokenizer(
     attribute on the tokenizer (``{"image_token": "<image>"}`` -> ``tokenizer.image_token`` and
     ``tokenizer.image_token_id``), as the families' processors expect.
     """
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for c in CHARS:
-        vocab.setdefault(c, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
     named = dict(named or {})
     reserved = {pad, eos, unk, bos, *named.values()}
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    fast = char_level_tokenizer(
+        specials,
+        unk=unk,
         pad_token=pad,
         eos_token=eos,
-        unk_token=unk,
         bos_token=bos,
         extra_special_tokens=named,
         padding_side="left",
@@ -315,77 +306,50 @@ def _qwen_ids(tok) -> dict[str, int]:
 MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
 
 
-def _qwen2_vl(seed: int):
+# The three Qwen-VL generations share one shape: the Qwen tokenizer and processor, a vision
+# config, a text config with M-RoPE, the same special-token ids. A row says what differs.
+QWEN_VL = {
+    "qwen2_vl": dict(
+        module="qwen2_vl", prefix="Qwen2VL", default_system=True,
+        vision=dict(depth=VISION["layers"], embed_dim=VISION["hidden"], hidden_size=TEXT["hidden"], num_heads=VISION["heads"],
+                    mlp_ratio=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2),
+        text=dict(rope_parameters=MROPE),
+    ),
+    "qwen2_5_vl": dict(
+        module="qwen2_5_vl", prefix="Qwen2_5_VL", default_system=True,
+        # window 32 px = 2x2 merged tokens per window; block 1 of 2 uses full attention (as 7, 15, ...)
+        vision=dict(depth=2, hidden_size=VISION["hidden"], intermediate_size=2 * VISION["hidden"], num_heads=VISION["heads"],
+                    out_hidden_size=TEXT["hidden"], patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                    window_size=32, fullatt_block_indexes=[1]),
+        text=dict(rope_parameters=MROPE),
+    ),
+    "qwen3_vl": dict(
+        module="qwen3_vl", prefix="Qwen3VL", default_system=False,
+        vision=dict(depth=2, hidden_size=VISION["hidden"], intermediate_size=2 * VISION["hidden"], num_heads=VISION["heads"],
+                    out_hidden_size=TEXT["hidden"], patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                    num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        text=dict(head_dim=16, rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True,
+                                                "rope_theta": 10000.0}),
+    ),
+}  # fmt: skip
+
+
+def _qwen_vl(seed: int, family: str):
+    import copy
+    import importlib
+
     import torch
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLProcessor,
-    )
-    from transformers.models.qwen2_vl.configuration_qwen2_vl import (
-        Qwen2VLTextConfig,
-        Qwen2VLVisionConfig,
-    )
+    import transformers
 
-    tok, processor = _qwen_processor(Qwen2VLProcessor, default_system=True)
-    vision = Qwen2VLVisionConfig(
-        depth=VISION["layers"], embed_dim=VISION["hidden"], hidden_size=TEXT["hidden"], num_heads=VISION["heads"],
-        mlp_ratio=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
-    )  # fmt: skip
-    text = Qwen2VLTextConfig(**_text_kwargs(tok, rope_parameters=dict(MROPE)))
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
+    row = QWEN_VL[family]
+    prefix = row["prefix"]
+    configs = importlib.import_module(f"transformers.models.{row['module']}.configuration_{row['module']}")
+    tok, processor = _qwen_processor(getattr(transformers, f"{prefix}Processor"), default_system=row["default_system"])
+    vision = getattr(configs, f"{prefix}VisionConfig")(**row["vision"])
+    text = getattr(configs, f"{prefix}TextConfig")(**_text_kwargs(tok, **copy.deepcopy(row["text"])))
+    config = getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, **_qwen_ids(tok))
     torch.manual_seed(seed)
-    return _finish(Qwen2VLForConditionalGeneration(config), tok), processor
-
-
-def _qwen2_5_vl(seed: int):
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-    )
-    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
-        Qwen2_5_VLTextConfig,
-        Qwen2_5_VLVisionConfig,
-    )
-
-    tok, processor = _qwen_processor(Qwen2_5_VLProcessor, default_system=True)
-    # window 32 px = 2x2 merged tokens per window; block 1 of 2 uses full attention (as 7, 15, ...)
-    vision = Qwen2_5_VLVisionConfig(
-        depth=2, hidden_size=VISION["hidden"], intermediate_size=2 * VISION["hidden"], num_heads=VISION["heads"],
-        out_hidden_size=TEXT["hidden"], patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
-        fullatt_block_indexes=[1],
-    )  # fmt: skip
-    text = Qwen2_5_VLTextConfig(**_text_kwargs(tok, rope_parameters=dict(MROPE)))
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
-    torch.manual_seed(seed)
-    return _finish(Qwen2_5_VLForConditionalGeneration(config), tok), processor
-
-
-def _qwen3_vl(seed: int):
-    import torch
-    from transformers import (
-        Qwen3VLConfig,
-        Qwen3VLForConditionalGeneration,
-        Qwen3VLProcessor,
-    )
-    from transformers.models.qwen3_vl.configuration_qwen3_vl import (
-        Qwen3VLTextConfig,
-        Qwen3VLVisionConfig,
-    )
-
-    tok, processor = _qwen_processor(Qwen3VLProcessor, default_system=False)
-    vision = Qwen3VLVisionConfig(
-        depth=2, hidden_size=VISION["hidden"], intermediate_size=2 * VISION["hidden"], num_heads=VISION["heads"],
-        out_hidden_size=TEXT["hidden"], patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
-        num_position_embeddings=64, deepstack_visual_indexes=[0],
-    )  # fmt: skip
-    rope = {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True, "rope_theta": 10000.0}
-    text = Qwen3VLTextConfig(**_text_kwargs(tok, head_dim=16, rope_parameters=rope))
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
-    torch.manual_seed(seed)
-    return _finish(Qwen3VLForConditionalGeneration(config), tok), processor
+    return _finish(getattr(transformers, f"{prefix}ForConditionalGeneration")(config), tok), processor
 
 
 def _idefics_tokens() -> list[str]:
@@ -481,9 +445,7 @@ TINY_BUILDERS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "llava15": _llava15,
     "llava_next": _llava_next,
     "llava_onevision": _llava_onevision,
-    "qwen2_vl": _qwen2_vl,
-    "qwen2_5_vl": _qwen2_5_vl,
-    "qwen3_vl": _qwen3_vl,
+    **{family: functools.partial(_qwen_vl, family=family) for family in QWEN_VL},
     "smolvlm": lambda seed: _idefics_like(seed, smol=True),
     "idefics3": lambda seed: _idefics_like(seed, smol=False),
     "gemma3": _gemma3,

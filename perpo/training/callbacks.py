@@ -44,12 +44,13 @@ class StepLog(L.Callback):
         log.info("step %d/%s %.2fs/step %s", step, trainer.max_steps, rate, values)
 
 
-def draw_boxes(image, target, answers, rewards, box_format, record):
+def draw_boxes(image, target, answers, rewards, box_format, record, box_frame: str = "original"):
     """The image with the true box (green) and each parsed sampled box (red, brighter = higher
-    reward), enlarged so that a 64-pixel synthetic image stays readable."""
+    reward), enlarged so that a 64-pixel synthetic image stays readable. Boxes are read back to
+    the original image's frame (perpo.boxes.read_box), as the reward reads them."""
     from PIL import ImageDraw
 
-    from perpo.boxes import box_space
+    from perpo.boxes import read_box
 
     scale = max(1, 256 // max(image.size))
     canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), resample=0)
@@ -61,9 +62,8 @@ def draw_boxes(image, target, answers, rewards, box_format, record):
         y1, y2 = sorted((box[1] * h, box[3] * h))
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=width)
 
-    space_w, space_h = box_space(record)
     for answer, reward in zip(answers, rewards):
-        box = box_format.parse(answer, space_w, space_h)
+        box = read_box(answer, record, box_format, box_frame)
         if box is not None:
             rect(box, (255, int(255 * (1 - reward)), int(255 * (1 - reward))), 1)
     rect(target, (0, 255, 0), 2)
@@ -102,7 +102,9 @@ class ListSamples(L.Callback):
                 for record, texts, values, kept in recent[: self.max_lists]:
                     image = record["image"]
                     if record.get("task") == "grounding":
-                        image = draw_boxes(image, record["target"], texts, values, pl_module.family.box_format, record)
+                        image = draw_boxes(
+                            image, record["target"], texts, values, pl_module.family.box_format, record, pl_module.family.box_frame
+                        )
                     images.append(wandb.Image(image, caption=f"{record['id']}: {record.get('prompt', '')} (best {max(values):.2f})"))
                     table.add_data(
                         str(record["id"]), wandb.Image(image), record.get("prompt", ""), str(record["target"]),

@@ -25,6 +25,7 @@ from perpo.config import ALL_LOSSES
 from perpo.models.parts import freeze_vision_tower, param_groups
 from perpo.training.checkpointing import rng_states, set_rng_states
 from perpo.training.config import ListConfig, OptimConfig
+from perpo.data.datamodule import PAD
 from perpo.evaluation.loop import greedy_answers
 from perpo.prompting import ChatFamily, TaskSpec
 from perpo.rewards.scored_lists import decode_and_score, keep_mask
@@ -86,7 +87,7 @@ class PerPOModule(L.LightningModule):
         self.list_loss = None if loss == "sft" else list_loss(loss, beta=beta, gamma=gamma, margin=margin)
         # The reference is only needed by preference losses; SFT never builds one.
         self.reference = None if loss == "sft" else make_reference(reference, policy)
-        self.val_metrics = TaskMetrics(task.name, box_format=family.box_format_name)
+        self.val_metrics = TaskMetrics(task.name, box_format=family.box_format_name, box_frame=family.box_frame)
         self._empty_steps = 0
         self._nothing_kept = False  # this step's global batch kept no list (set by training_step)
         self.recent_lists: list | None = None
@@ -270,7 +271,8 @@ class PerPOModule(L.LightningModule):
         answers = greedy_answers(
             self.policy, self.processor, self.family, self.task, records, synced_gpus=self._shards_parameters
         )  # fmt: skip
-        self.val_metrics.update(answers, list(records))
+        counted = [i for i, r in enumerate(records) if not r.get(PAD)]  # padding only keeps ranks in step
+        self.val_metrics.update([answers[i] for i in counted], [records[i] for i in counted])
 
     def on_validation_epoch_end(self):
         values = self.val_metrics.compute()

@@ -65,7 +65,9 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"),
         eos_token=model_cfg.get("eos_token"),
     )  # fmt: skip
-    family = ChatFamily(processor, model_cfg.box_format, system_prompt=model_cfg.get("system_prompt"))
+    family = ChatFamily(
+        processor, model_cfg.box_format, system_prompt=model_cfg.get("system_prompt"), box_frame=model_cfg.get("box_frame", "original")
+    )
     splits = with_box_space(splits, processor, model_cfg.box_format)
     module = PerPOModule(
         model, processor, family, task_spec(cfg), None, loss="sft",
