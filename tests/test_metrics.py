@@ -1,11 +1,22 @@
-"""Per-task torchmetrics: hand-computed values, batch additivity, reset, errors."""
+"""Per-task torchmetrics: hand-computed values, batch additivity, reset, errors, devices, sync.
+
+OCR values follow Nougat's definitions (facebookresearch/nougat, ``nougat/metrics.py``
+``compute_metrics(pred, gt, minlen=4)``): per page, edit distance = Levenshtein / max length on
+the raw strings, precision / recall / F1 over the SETS of whitespace-split words,
+BLEU = ``nltk.translate.bleu([ref_words], hyp_words)``, METEOR = nltk's ``meteor_score``; pages
+whose prediction or truth has fewer than 4 characters are not scored; then the mean over pages.
+"""
 
 import math
+import random
+import warnings
 
+import nltk
 import pytest
-from torchmetrics.text import BLEUScore
+import torch
+from nltk.metrics.scores import f_measure, precision, recall
 
-from perpo.evaluation.metrics import ShortTextBLEUScore, TaskMetrics, bag_of_words_prf
+from perpo.evaluation.metrics import CountingMetric, TaskMetrics, nougat_page_metrics
 
 
 def box_rec(target):
@@ -44,68 +55,154 @@ def test_grounding_other_box_format():
     assert m.compute() == {"acc@0.5": 1.0, "miou": pytest.approx(1.0), "parse_rate": 1.0}
 
 
-def test_bag_of_words_prf():
-    # pred words {the:2, cat:1}, target {the:1, cat:1, sat:1}: overlap 2
-    p, r, f = bag_of_words_prf("the the cat", "the cat sat")
-    assert (p, r) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
-    assert f == pytest.approx(2 / 3)
-    assert bag_of_words_prf("", "abc") == (0.0, 0.0, 0.0)
-    assert bag_of_words_prf("", "") == (1.0, 1.0, 1.0)
-    assert bag_of_words_prf("x y", "a b") == (0.0, 0.0, 0.0)
+# -- OCR: Nougat's definitions ----------------------------------------------------------------------
+
+PRED, GT = "the cat sat on the mat", "the cat sat on a mat"
 
 
-def test_ocr_hand_values():
-    m = TaskMetrics("ocr")
-    m.update(["the cat sat", ""], [{"target": "the cat sat on"}, {"target": "hi"}])
+def test_nougat_page_by_hand():
+    """One page, each value derived by hand from Nougat's definitions.
+
+    edit: "the" -> "a" is 1 substitution + 2 deletions = 3, over max(22, 20) = 22 characters.
+    Word SETS: pred {the, cat, sat, on, mat} (the repeated "the" counts once), gt adds "a":
+    precision 5/5, recall 5/6, F1 = 2 * 1 * 5/6 / (1 + 5/6) = 10/11 (a multiset would give 5/6).
+    BLEU-4 (sentence, no smoothing): clipped n-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths
+    (brevity 1) -> (5/6 * 3/5 * 1/2 * 1/3) ** (1/4) = (1/12) ** (1/4).
+    METEOR (nltk, alpha 0.9, beta 3, gamma 0.5): nltk aligns right to left, so the hypothesis'
+    second "the" (position 4) takes the reference's only "the" (position 0): matches (1,1), (2,2),
+    (3,3), (4,0), (5,5): m = 5 in 3 chunks; P = R = 5/6, F = 5/6; penalty 0.5 (3/5)^3 = 0.108
+    -> 5/6 * 0.892.
+    """
+    page = nougat_page_metrics(PRED, GT)
+    assert page["edit_distance"] == pytest.approx(3 / 22)
+    assert (page["precision"], page["recall"]) == (pytest.approx(1.0), pytest.approx(5 / 6))
+    assert page["f1"] == pytest.approx(10 / 11)
+    assert page["bleu"] == pytest.approx((1 / 12) ** 0.25)
+    assert page["meteor_nosyn"] == pytest.approx(5 / 6 * (1 - 0.5 * 0.6**3))
+    assert "meteor" not in page  # no WordNet given
+
+
+def test_nougat_edit_distance_on_raw_strings_and_stems():
+    # Nougat does not strip: 4 spaces to delete over 15 characters
+    assert nougat_page_metrics("  hello world  ", "hello world")["edit_distance"] == pytest.approx(4 / 15)
+    # METEOR's stem stage: "cats" ~ "cat" (Porter); 4 matches in 1 chunk, P = R = F = 1,
+    # penalty 0.5 (1/4)^3
+    page = nougat_page_metrics("the cats sat down", "the cat sat down")
+    assert page["meteor_nosyn"] == pytest.approx(1 - 0.5 / 64)
+    assert page["bleu"] == pytest.approx(0.0)  # no 4-gram matches: nltk's sentence BLEU is 0
+
+
+def test_nougat_short_pages_are_not_scored():
+    # Nougat: `if len(pred) < minlen or len(gt) < minlen: return {}` with minlen 4
+    assert nougat_page_metrics("abc", "abcd efgh") is None
+    assert nougat_page_metrics("abcd", "abc") is None
+    assert nougat_page_metrics("", "hello world") is None
+    assert nougat_page_metrics("abcd", "abcd") is not None
+
+
+class _Synset:
+    def __init__(self, *names):
+        self._names = names
+
+    def lemmas(self):
+        return [type("Lemma", (), {"name": lambda self, n=n: n})() for n in self._names]
+
+
+class StubWordNet:
+    """automobile ~ car, nothing else. nltk's METEOR looks up the synsets of the Porter STEMS of
+    the words still unmatched after the stem stage: "automobil"."""
+
+    def synsets(self, word):
+        return [_Synset("car", "automobile")] if word == "automobil" else []
+
+
+def test_meteor_with_wordnet_synonyms():
+    """hyp "the automobile is quick", ref "the car is fast". Without synonyms: the, is match
+    -> m = 2 in 2 chunks, P = R = F = 1/2, penalty 0.5 (2/2)^3 -> 0.25. With the synonym
+    automobile ~ car: m = 3 in one chunk, P = R = F = 3/4, penalty 0.5 (1/3)^3 -> 0.75 * 53/54."""
+    page = nougat_page_metrics("the automobile is quick", "the car is fast", wordnet=StubWordNet())
+    assert page["meteor_nosyn"] == pytest.approx(0.25)
+    assert page["meteor"] == pytest.approx(0.75 * 53 / 54)
+    m = TaskMetrics("ocr", wordnet=StubWordNet())
+    m.update(["the automobile is quick"], [{"target": "the car is fast"}])
+    assert m.compute()["meteor"] == pytest.approx(0.75 * 53 / 54)
+    assert "meteor" not in TaskMetrics("ocr", wordnet=None).compute()
+
+
+def test_nougat_page_equals_nltk_definitions_on_random_pages():
+    """Our page values against Nougat's formula written with nltk's own functions."""
+    rng = random.Random(0)
+    vocab = "the a of page text cat cats sat on mat model answer λ日本 x y".split()
+    for _ in range(60):
+        gt = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 30)))
+        pred = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 30)))
+        page = nougat_page_metrics(pred, gt)
+        if len(pred) < 4 or len(gt) < 4:
+            assert page is None
+            continue
+        ref, hyp = gt.split(), pred.split()
+        assert page["edit_distance"] == pytest.approx(nltk.edit_distance(pred, gt) / max(len(pred), len(gt)))
+        if hyp:
+            assert page["precision"] == pytest.approx(precision(set(ref), set(hyp)))
+            assert page["recall"] == pytest.approx(recall(set(ref), set(hyp)))
+            assert page["f1"] == pytest.approx(f_measure(set(ref), set(hyp)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nltk warns on pages without a matching 4-gram
+            assert page["bleu"] == pytest.approx(nltk.translate.bleu([ref], hyp))
+
+
+def test_ocr_task_metrics_hand_values():
+    """Three pages: PRED/GT (scored, values above), a 3-character prediction and an empty one
+    (both too short for Nougat: not in the paper columns' means); the reward's distance covers
+    every page: 3/22, 6/9 ("abc" -> "abcd efgh": 6 insertions), 1 (empty vs "hello world")."""
+    m = TaskMetrics("ocr", wordnet=None)
+    m.update([PRED, "abc", ""], [{"target": GT}, {"target": "abcd efgh"}, {"target": "hello world"}])
     out = m.compute()
-    assert set(out) == {"edit_distance", "precision", "recall", "f1", "meteor", "bleu"}
-    # item 1: 3 edits / 14 chars; item 2: empty vs "hi" -> 1
-    assert out["edit_distance"] == pytest.approx((3 / 14 + 1) / 2)
-    assert out["precision"] == pytest.approx((1 + 0) / 2)
-    assert out["recall"] == pytest.approx((3 / 4 + 0) / 2)
-    assert out["f1"] == pytest.approx((2 * 0.75 / 1.75 + 0) / 2)
-    # METEOR item 1: m = 3, P = 1, R = 3/4, F = 0.75 / (0.9 + 0.1 * 0.75), one chunk ->
-    # penalty 0.5 * (1/3)^3; item 2: empty prediction -> 0
-    f = 0.75 / (0.9 + 0.075)
-    assert out["meteor"] == pytest.approx((f * (1 - 0.5 / 27) + 0) / 2)
-    # BLEU: predictions have only orders 1-3 (no 4-gram) -> BLEU-3; all matched -> geometric
-    # mean 1; c = 3 words, r = 4 + 1 (closest reference lengths) -> BP = exp(1 - 5/3)
-    assert out["bleu"] == pytest.approx(math.exp(1 - 5 / 3))
+    assert set(out) == {"edit_distance", "precision", "recall", "f1", "bleu", "meteor_nosyn", "scored_rate", "reward_edit_distance"}
+    assert out["edit_distance"] == pytest.approx(3 / 22)
+    assert out["precision"] == pytest.approx(1.0) and out["recall"] == pytest.approx(5 / 6)
+    assert out["f1"] == pytest.approx(10 / 11)
+    assert out["bleu"] == pytest.approx((1 / 12) ** 0.25)
+    assert out["meteor_nosyn"] == pytest.approx(5 / 6 * (1 - 0.5 * 0.6**3))
+    assert out["scored_rate"] == pytest.approx(1 / 3)
+    assert out["reward_edit_distance"] == pytest.approx((3 / 22 + 6 / 9 + 1) / 3)
 
 
-def test_bleu_equals_torchmetrics_when_all_orders_match():
-    preds = ["the quick brown fox jumps over the lazy dog", "a b c d e f"]
-    refs = [["the quick brown fox jumped over the lazy dog"], ["a b c d e g"]]
-    ours, theirs = ShortTextBLEUScore(), BLEUScore(n_gram=4, smooth=True)
-    ours.update(preds, refs)
-    theirs.update(preds, refs)
-    assert float(ours.compute()) == pytest.approx(float(theirs.compute()), rel=1e-6)
+def test_ocr_no_page_long_enough_is_nan_with_scored_rate_zero():
+    m = TaskMetrics("ocr", wordnet=None)
+    m.update(["ab"], [{"target": "abc"}])
+    out = m.compute()
+    assert out["scored_rate"] == 0.0 and out["reward_edit_distance"] == pytest.approx(1 / 3)
+    assert math.isnan(out["edit_distance"]) and math.isnan(out["bleu"])
 
 
-def test_bleu_short_texts_smoothed_not_zero():
-    m = ShortTextBLEUScore()
-    # 4 words, no matching 4-gram or trigram: torchmetrics would give 0
-    m.update(["a b x c"], [["a b y c"]])
-    # p1 = 3/4, p2 = (1+1)/(3+1), p3 = (0+1)/(2+1), p4 = (0+1)/(1+1); BP 1
-    expected = (0.75 * 0.5 * (1 / 3) * 0.5) ** 0.25
-    assert float(m.compute()) == pytest.approx(expected)
-    exact = ShortTextBLEUScore()
-    exact.update(["hello"], [["hello"]])
-    assert float(exact.compute()) == pytest.approx(1.0)  # one word: BLEU-1
-    none = ShortTextBLEUScore()
-    none.update(["x"], [["y"]])
-    assert float(none.compute()) == 0.0
+# -- counting ------------------------------------------------------------------------------------
 
 
 def test_counting_hand_values():
     m = TaskMetrics("counting")
-    m.update(["3", "four", "I don't know", "There are 7."], [{"target": t} for t in (3, 5, 2, 7)])
+    completions = ["3", "four", "I don't know", "There are 7.", "no idea", "there are no circles", "-2"]
+    m.update(completions, [{"target": t} for t in (3, 5, 2, 7, 0, 0, 2)])
     out = m.compute()
+    # errors: 0, 1, unparsed -> max(2, 1) = 2, 0, unparsed with target 0 -> 1 (not 0), 0,
+    # negative -> unparsed -> 2
     assert out == {
-        "accuracy": pytest.approx(2 / 4),
-        "mae": pytest.approx((0 + 1 + 2 + 0) / 4),  # unparseable counts as 0
-        "parse_rate": pytest.approx(3 / 4),
+        "accuracy": pytest.approx(3 / 7),
+        "mae": pytest.approx((0 + 1 + 2 + 0 + 1 + 0 + 2) / 7),
+        "parse_rate": pytest.approx(4 / 7),
     }
+
+
+def test_counting_unparsed_is_wrong_in_every_metric():
+    """An unparsed answer for a target of 0 is wrong for accuracy AND has error 1 in MAE."""
+    m = TaskMetrics("counting")
+    m.update(["no idea"], [{"target": 0}])
+    assert m.compute() == {"accuracy": 0.0, "mae": 1.0, "parse_rate": 0.0}
+
+
+def test_counting_negative_target_is_an_error():
+    with pytest.raises(ValueError, match="negative"):
+        CountingMetric().update(["3"], [{"target": -1}])
 
 
 CASES = {
@@ -154,15 +251,67 @@ def test_length_mismatch_raises():
         TaskMetrics("counting").update(["1"], [])
 
 
-def test_meteor_edge_cases_by_hand():
-    from perpo.evaluation.metrics import meteor
+# -- TaskMetrics as a module: devices, dtypes, sync before dividing ---------------------------------
 
-    # all words matched in one chunk: F = 1, penalty 0.5 * (1/2)^3 = 0.0625 (METEOR's known quirk)
-    assert meteor("a b", "a b") == pytest.approx(0.9375)
-    # "sat the cat" vs "the cat sat": 3 matches in 2 chunks -> 1 - 0.5 * (2/3)^3
-    assert meteor("sat the cat", "the cat sat") == pytest.approx(1 - 0.5 * (2 / 3) ** 3)
-    # repeated words match one to one: "the the" vs "the": m = 1, P = 1/2, R = 1
-    # F = 0.5 / (0.45 + 0.1) = 0.90909, penalty 0.5 -> 0.45455
-    assert meteor("the the", "the") == pytest.approx((0.5 / 0.55) * 0.5)
-    assert meteor("", "") == 1.0 and meteor("", "x") == 0.0 and meteor("x", "") == 0.0
-    assert meteor("a", "b") == 0.0
+
+class Holder(torch.nn.Module):
+    """Stands for the LightningModule that holds ``val_metrics``."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.val_metrics = TaskMetrics(task)
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_states_move_with_the_holding_module(task):
+    holder = Holder(task)
+    assert isinstance(holder.val_metrics, torch.nn.Module)
+    holder.to(torch.device("meta"))
+    states = [getattr(holder.val_metrics.main, name) for name in holder.val_metrics.main._defaults]
+    assert states and all(s.device.type == "meta" for s in states)
+    assert holder.val_metrics.main.device.type == "meta"
+    assert holder.state_dict() == {}  # metric states are not checkpointed
+
+
+def test_a_dtype_cast_keeps_the_sums_exact():
+    holder = Holder("counting")
+    holder.val_metrics.update(["1"] * 300, [{"target": 1}] * 300)
+    holder.to(torch.bfloat16)  # a bf16 sum would stop at 256
+    assert holder.val_metrics.main.total.dtype == torch.float64
+    holder.val_metrics.update(["1"] * 3, [{"target": 2}] * 3)
+    assert holder.val_metrics.compute() == {"accuracy": 300 / 303, "mae": pytest.approx(3 / 303), "parse_rate": 1.0}
+
+
+def _fake_two_ranks(metric, other_states):
+    """Make ``metric`` behave as rank 0 of two: its gather returns [ours, the other rank's]
+    for each state, in the order torchmetrics syncs them (the order they were added)."""
+    pending = list(other_states)
+
+    def gather(tensor, group=None):
+        return [tensor, pending.pop(0).to(tensor)]
+
+    metric.distributed_available_fn = lambda: True
+    metric.dist_sync_fn = gather
+    return pending
+
+
+def test_compute_with_no_local_items_still_joins_the_sum():
+    """A rank that scored nothing must still sync (the others would hang) and report the
+    global values: here the other rank scored "3" for 3 and "x" for 2."""
+    other = CountingMetric()
+    other.update(["3", "x"], [{"target": 3}, {"target": 2}])
+    m = TaskMetrics("counting")
+    pending = _fake_two_ranks(m.main, [getattr(other, name) for name in other._defaults])
+    out = m.compute()
+    assert pending == []  # every state went through the collective
+    assert out == {"accuracy": 0.5, "mae": 1.0, "parse_rate": 0.5}
+
+
+def test_ocr_compute_sums_before_dividing():
+    other = TaskMetrics("ocr", wordnet=None)
+    other.update([PRED], [{"target": GT}])
+    m = TaskMetrics("ocr", wordnet=None)
+    m.update(["ab"], [{"target": "abc"}])  # this rank: one page, too short to score
+    _fake_two_ranks(m.main, [getattr(other.main, name) for name in other.main._defaults])
+    out = m.compute()
+    assert out["edit_distance"] == pytest.approx(3 / 22) and out["scored_rate"] == pytest.approx(1 / 2)

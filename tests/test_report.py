@@ -150,16 +150,52 @@ def test_paper_numbers_come_from_the_runs_config_without_conf(tmp_path):
     assert "ocr" not in tables  # no OCR rows without conf or runs
 
 
-def test_ocr_table_columns_and_missing_meteor(tmp_path):
+def _ocr_run(tmp_path, name, after):
     row = _paper("ocr", "LLaVA-Next-25k-7B", "PerPO", edit_distance=0.58, f1=0.54, precision=0.73, recall=0.44, bleu=0.23, meteor=0.36)
-    config = {"paper": row, "paths": {"root": ROOT, "output_dir": f"{ROOT}/o"}, "eval": {"split": "test"},
+    config = {"paper": row, "paths": {"root": ROOT, "output_dir": f"{ROOT}/{name}"}, "eval": {"split": "test"},
               "warmstart": {"enabled": False}, "model": {"path": "ckpt"}, "data": {"path": "pages", "splits": {"test": "test"}}}  # fmt: skip
-    after = {"edit_distance": 0.6, "f1": 0.5, "precision": 0.7, "recall": 0.45, "bleu": 0.2}
-    _train_run(tmp_path, "t", config, task="ocr", after=after)
+    _train_run(tmp_path, name, config, task="ocr", after=after)
+
+
+def test_ocr_table_columns_and_missing_meteor(tmp_path):
+    after = {"edit_distance": 0.6, "f1": 0.5, "precision": 0.7, "recall": 0.45, "bleu": 0.2, "scored_rate": 1.0}
+    _ocr_run(tmp_path, "t", after)
     tables, _ = paper_table(collect_runs([tmp_path]), PAPER_CONF)
     lines, _ = _table_lines(paper_markdown(tables), "LLaVA-Next-25k-7B", "PerPO")
     assert lines["ours"] == ["0.60", "0.50", "0.70", "0.45", "0.20", "-"]
     assert lines["Δ"] == ["+0.02", "-0.04", "-0.03", "+0.01", "-0.03", "-"]
+
+
+def test_ocr_meteor_without_wordnet_is_marked_not_comparable(tmp_path):
+    after = {"edit_distance": 0.6, "f1": 0.5, "precision": 0.7, "recall": 0.45, "bleu": 0.2, "meteor_nosyn": 0.3, "scored_rate": 1.0}
+    _ocr_run(tmp_path, "t", after)
+    tables, _ = paper_table(collect_runs([tmp_path]), PAPER_CONF)
+    md = paper_markdown(tables)
+    lines, _ = _table_lines(md, "LLaVA-Next-25k-7B", "PerPO")
+    assert lines["ours"][5] == "0.30†" and lines["paper"][5] == "0.36" and lines["Δ"][5] == "n/c"
+    assert lines["Δ"][:5] == ["+0.02", "-0.04", "-0.03", "+0.01", "-0.03"]  # the other columns: same definition
+    # every column says whether it is computed as the paper computes it
+    for header in ("EditDist", "F1", "Prec", "Rec", "BLEU", "METEOR"):
+        assert f"- {header}: same definition as the paper (" in md
+    assert "† where `meteor` is missing: meteor_nosyn" in md
+    assert "- every column: same definition as the paper (" in md  # grounding's Acc@0.5
+
+
+def test_ocr_results_from_before_the_nougat_definitions_are_not_comparable(tmp_path):
+    # no scored_rate: written when edit_distance stripped the text and F1 counted repeated words
+    _ocr_run(tmp_path, "old", {"edit_distance": 0.6, "f1": 0.5, "precision": 0.7, "recall": 0.45, "bleu": 0.2, "meteor": 0.3})
+    tables, _ = paper_table(collect_runs([tmp_path]), PAPER_CONF)
+    lines, _ = _table_lines(paper_markdown(tables), "LLaVA-Next-25k-7B", "PerPO")
+    assert lines["ours"] == ["0.60†", "0.50†", "0.70†", "0.45†", "0.20†", "0.30†"]
+    assert lines["Δ"] == ["n/c"] * 6
+
+
+def test_ocr_meteor_with_wordnet_is_comparable(tmp_path):
+    after = {"edit_distance": 0.6, "f1": 0.5, "precision": 0.7, "recall": 0.45, "bleu": 0.2, "meteor": 0.35, "meteor_nosyn": 0.3, "scored_rate": 1.0}
+    _ocr_run(tmp_path, "t", after)
+    tables, _ = paper_table(collect_runs([tmp_path]), PAPER_CONF)
+    lines, _ = _table_lines(paper_markdown(tables), "LLaVA-Next-25k-7B", "PerPO")
+    assert lines["ours"][5] == "0.35" and lines["Δ"][5] == "-0.01"
 
 
 def test_runs_outside_the_tables_are_counted_not_shown(tmp_path):

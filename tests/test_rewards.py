@@ -129,30 +129,112 @@ def test_edit_distance_matches_brute_force():
         assert edit_distance(a, b) == reference(a, b)
 
 
+def _old_edit_distance(a: str, b: str) -> int:
+    """The pure-Python two-row dynamic programme perpo used before rapidfuzz (commit 0a8b2c4)."""
+    start, limit = 0, min(len(a), len(b))
+    while start < limit and a[start] == b[start]:
+        start += 1
+    end_a, end_b = len(a), len(b)
+    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
+        end_a, end_b = end_a - 1, end_b - 1
+    a, b = a[start:end_a], b[start:end_b]
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def test_edit_distance_equals_the_old_implementation_unicode_and_long():
+    rng = random.Random(7)
+    alphabet = "ab c\n" + "é日本語🙂\u0301\x00"  # accents, CJK, astral emoji, a combining mark, NUL
+    for _ in range(400):
+        a = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        b = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert edit_distance(a, b) == _old_edit_distance(a, b), (a, b)
+    for _ in range(3):  # page-length texts (beyond rapidfuzz's 64-character single-word path)
+        a = "".join(rng.choice(alphabet) for _ in range(rng.randint(300, 600)))
+        b = "".join(rng.choice(alphabet) for _ in range(rng.randint(300, 600)))
+        assert edit_distance(a, b) == _old_edit_distance(a, b)
+    assert edit_distance("🙂a", "a") == 1  # one code point, not two UTF-16 units
+
+
 # -- counting ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text, value",
-    [
-        ("3", 3),
-        ("There are 3 circles.", 3),
-        ("three", 3),
-        ("Three circles, not 4", 3),
-        ("I count TWENTY.", 20),
-        ("zero", 0),
-        ("12 or 13", 12),
-        ("thirteen", 13),
-        ("2.5", 2),
-        ("007", 7),
-        ("3circles", 3),
-        ("no number", None),
-        ("none", None),
-        ("someone", None),
-        ("", None),
-        ("٣", None),  # non-ASCII digits are not read
-    ],
-)
+# (answer, the count a person reads in it); None: the answer states no count
+PARSE_COUNT_CASES = [
+    ("3", 3),
+    ("There are 3 circles.", 3),
+    ("three", 3),
+    ("Three circles, not 4", 3),
+    ("I count TWENTY.", 20),
+    ("zero", 0),
+    ("12 or 13", 12),
+    ("thirteen", 13),
+    ("2.5", 2),  # the integer part
+    ("007", 7),
+    ("3circles", 3),
+    ("", None),
+    ("someone", None),  # "one" inside a word is no number
+    ("٣", None),  # non-ASCII digits are not read
+    # number words beyond twenty, hyphenated or not
+    ("twenty-one", 21),
+    ("twenty one", 21),
+    ("Twenty-One circles", 21),
+    ("ninety nine", 99),
+    ("ninety-nine red squares", 99),
+    ("forty", 40),
+    ("a hundred", 100),
+    ("one hundred", 100),
+    ("about a hundred dots", 100),
+    ("one hundred and five", 105),
+    ("two hundred thirty-four", 234),
+    ("nine hundred ninety-nine", 999),
+    ("a thousand", 1000),
+    ("twelve thousand", 12000),
+    ("two thousand three hundred and forty-five", 2345),
+    ("one two three", 1),  # a list of numbers: the first
+    ("twenty twelve", 20),
+    ("a dog and 3 cats", 3),  # "a" is a number only before hundred / thousand
+    ("one hundred and", 100),
+    # counts of zero
+    ("none", 0),
+    ("None.", 0),
+    ("None of them", 0),
+    ("there are no circles", 0),
+    ("There are no red circles in the image.", 0),
+    ("no idea", None),
+    ("no number", None),
+    ("No.", None),  # "no" alone states no count
+    ("No, there are 3 circles", 3),
+    ("No - there are 3", 3),
+    ("nothing", None),
+    # thousands separators
+    ("1,000", 1000),
+    ("There are 1,234 stars", 1234),
+    ("1,000,000", 1000000),
+    ("1,5", 1),  # not a thousands group
+    ("1, 2, 3", 1),
+    # negative numbers are not counts
+    ("-3", None),
+    ("\u22123", None),  # unicode minus sign
+    ("Count: -3", None),
+    ("minus three", None),
+    ("minus 3", None),
+    ("negative 2", None),
+    ("3-4 circles", 3),  # a range, not a negative number
+    ("COVID-19", 19),  # a hyphen after a letter is no minus sign
+]
+
+
+@pytest.mark.parametrize("text, value", PARSE_COUNT_CASES)
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
@@ -174,6 +256,16 @@ def test_count_hand_values():
     assert exact("3", {"target": 3}) == 1.0
     assert exact("4", {"target": 3}) == 0.0
     assert exact("nothing", {"target": 3}) is None
+
+
+def test_count_rewards_read_counts_as_the_metric_does():
+    count, exact = get_reward("count"), get_reward("count_exact")
+    assert count("twenty-one", {"target": 21}) == 1.0  # read 20 before
+    assert count("1,000", {"target": 1000}) == 1.0  # read 1 before
+    assert count("there are no circles", {"target": 0}) == 1.0  # no count before
+    assert exact("none", {"target": 0}) == 1.0
+    assert count("-3", {"target": 3}) is None  # read 3 before: a negative number is no count
+    assert count("two hundred", {"target": 100}) == 0.0  # error 100 of 100
 
 
 # -- robustness -------------------------------------------------------------------------------

@@ -1,42 +1,58 @@
 """Evaluation metrics per task, as torchmetrics objects (greedy-decoding evaluation uses these).
 
-``TaskMetrics(task)`` is the one entry point: ``update(completions, records)``, ``compute()`` ->
-``dict[str, float]`` (plain python floats), ``reset()``. Underneath, every value is a
-``torchmetrics.Metric`` with ``"sum"``-reduced states, so the values are correct under DDP and
+``TaskMetrics(task)`` is the one entry point, a ``torch.nn.Module``: ``update(completions,
+records)``, ``compute()`` -> ``dict[str, float]`` (plain python floats), ``reset()``. As an
+attribute of a LightningModule it is a submodule, so ``module.to(device)`` moves its metric
+states. Underneath, every value is a ``torchmetrics.Metric`` whose states are float64 sums with
+``dist_reduce_fx="sum"``: the values are correct under DDP (``compute`` first sums the states
+over the processes, then divides -- a process that scored no item still joins the sum) and
 updating over several batches equals one update over their concatenation.
 
 Metric names per task:
 
 - grounding: ``acc@0.5`` (share of items with IoU >= 0.5), ``miou`` (mean IoU), ``parse_rate``;
   an unparseable answer counts as IoU 0.
-- ocr: ``edit_distance`` (mean normalized edit distance, lower is better), ``precision``,
-  ``recall``, ``f1`` (bag of words, per item then averaged), ``meteor`` (exact-match METEOR,
-  :func:`meteor`), ``bleu`` (corpus BLEU, see :class:`ShortTextBLEUScore`).
-- counting: ``accuracy`` (exact), ``mae`` (an unparseable answer counts as 0), ``parse_rate``.
+- ocr: the paper's columns, per page as Nougat computes them (Blecher et al. 2023,
+  facebookresearch/nougat ``nougat/metrics.py`` ``compute_metrics``; Fox and Vary follow it),
+  then the mean over the pages Nougat scores (see :func:`nougat_page_metrics`):
+  ``edit_distance`` (lower is better), ``precision``, ``recall``, ``f1`` (over the SETS of
+  words), ``bleu`` (nltk sentence BLEU-4), ``meteor`` (nltk METEOR with WordNet synonyms; only
+  where nltk finds its WordNet data, see :func:`find_wordnet`). Always present as well:
+  ``meteor_nosyn`` (nltk METEOR with the synonym stage off: exact and Porter-stem matches; NOT
+  the paper's METEOR), ``scored_rate`` (share of pages Nougat scores: both texts at least 4
+  characters) and ``reward_edit_distance`` (mean over every page of the ``edit`` reward's
+  distance, :func:`perpo.answers.normalized_edit_distance`: 1 - the mean edit reward).
+- counting: ``accuracy`` (exact), ``mae``, ``parse_rate``; an unparsed answer (no count, or a
+  negative number, :func:`perpo.answers.parse_count`) is wrong and has absolute error
+  ``max(target, 1)`` (see :class:`CountingMetric`).
 
-Means over zero items are ``nan``.
+Means over zero items (no item at all, or, for the Nougat columns, no page long enough) are
+``nan``, beside ``scored_rate`` / the counts that say why.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import Counter
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import nltk
 import torch
 import torchmetrics
-from torchmetrics.text import BLEUScore
+from nltk.stem.porter import PorterStemmer
 
+from perpo.answers import edit_distance, normalized_edit_distance, parse_box, parse_count
 from perpo.boxes import box_iou
-from perpo.answers import normalized_edit_distance, parse_box, parse_count
 
 __all__ = [
     "TASKS",
     "GroundingMetric",
     "OCRMetric",
     "CountingMetric",
-    "ShortTextBLEUScore",
-    "bag_of_words_prf",
+    "find_wordnet",
+    "nougat_page_metrics",
     "TaskMetrics",
 ]
 
@@ -45,6 +61,10 @@ TASKS = ("grounding", "ocr", "counting")
 # IoU values within this of the threshold count as hits (guards against float noise of boxes
 # parsed from decimal text, e.g. an IoU that is 0.5 on paper computing as 0.49999999999).
 _IOU_EPS = 1e-9
+
+# Nougat's compute_metrics(pred, gt, minlen=4) scores no page whose prediction or ground truth
+# is shorter than 4 characters; such pages are left out of every mean.
+NOUGAT_MIN_CHARS = 4
 
 
 def _zero() -> torch.Tensor:
@@ -61,10 +81,30 @@ def _check_lengths(completions: Sequence, records: Sequence) -> None:
         raise ValueError(f"got {len(completions)} completions for {len(records)} records")
 
 
-class GroundingMetric(torchmetrics.Metric):
-    """Acc@threshold, mean IoU and parse rate of box answers against ``record["target"]``."""
+class _SumMetric(torchmetrics.Metric):
+    """A metric whose states are float64 sums over items, reduced by summing over processes.
+
+    ``.to(device)`` moves the states; a dtype cast (``.to(torch.bfloat16)``, which a module-wide
+    cast reaches) does not change them: a bfloat16 sum stops counting at 256.
+    """
 
     full_state_update = False
+
+    def _add_sums(self, *names: str) -> None:
+        for name in names:
+            self.add_state(name, default=_zero(), dist_reduce_fx="sum")
+
+    def _apply(self, fn, exclude_state=""):
+        def move_only(t: torch.Tensor) -> torch.Tensor:
+            target = fn(torch.empty(0, dtype=t.dtype, device=t.device)).device
+            return t.to(target)
+
+        return super()._apply(move_only, exclude_state)
+
+
+class GroundingMetric(_SumMetric):
+    """Acc@threshold, mean IoU and parse rate of box answers against ``record["target"]``."""
+
     higher_is_better = True
 
     def __init__(self, box_format: str = "norm2", threshold: float = 0.5, box_frame: str = "original", **kwargs):
@@ -72,8 +112,7 @@ class GroundingMetric(torchmetrics.Metric):
         self.box_format = box_format
         self.box_frame = box_frame
         self.threshold = threshold
-        for name in ("hits", "iou_sum", "parsed", "total"):
-            self.add_state(name, default=_zero(), dist_reduce_fx="sum")
+        self._add_sums("hits", "iou_sum", "parsed", "total")
 
     def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
         _check_lengths(completions, records)
@@ -93,151 +132,152 @@ class GroundingMetric(torchmetrics.Metric):
         }
 
 
-def bag_of_words_prf(pred: str, target: str) -> tuple[float, float, float]:
-    """Bag-of-words precision, recall, F1 of one prediction.
+# -- OCR: Nougat's per-page metrics --------------------------------------------------------------
 
-    Words are whitespace-split; overlap is the multiset intersection size. precision =
-    overlap / #pred words, recall = overlap / #target words, F1 their harmonic mean (0 when
-    both are 0). An empty prediction has precision 0 (and recall 0), except that an empty
-    prediction for an empty target is an exact match (1, 1, 1).
+
+class _NoSynonyms:
+    """A WordNet stand-in without synsets: nltk's METEOR then matches exact words and stems only."""
+
+    def synsets(self, word: str) -> list:
+        return []
+
+
+class _CachedStemmer:
+    """nltk's Porter stemmer with a cache (the same stems; a page repeats most of its words)."""
+
+    def __init__(self) -> None:
+        self.stem = functools.lru_cache(maxsize=1 << 16)(PorterStemmer().stem)
+
+
+_STEMMER = _CachedStemmer()
+
+
+@functools.lru_cache(maxsize=1)
+def find_wordnet() -> Any | None:
+    """nltk's WordNet reader when nltk finds its ``wordnet`` data, else ``None``.
+
+    WordNet is not on PyPI in a form nltk reads (checked: no package ships nltk's ``wordnet``
+    corpus; ``nltk.download`` needs the internet). Where it is installed (``python -m
+    nltk.downloader wordnet``), ``meteor`` is computed as Nougat does.
     """
-    pred_words, target_words = Counter(pred.split()), Counter(target.split())
-    n_pred, n_target = sum(pred_words.values()), sum(target_words.values())
-    if n_pred == 0 and n_target == 0:
-        return 1.0, 1.0, 1.0
-    overlap = sum((pred_words & target_words).values())
-    precision = overlap / n_pred if n_pred else 0.0
-    recall = overlap / n_target if n_target else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return precision, recall, f1
+    try:
+        nltk.corpus.wordnet.ensure_loaded()
+    except LookupError:
+        return None
+    return nltk.corpus.wordnet
 
 
-def meteor(pred: str, target: str, *, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> float:
-    """METEOR (Banerjee & Lavie 2005) with exact unigram matching, nltk's parameters.
+def _word_prf(reference: set[str], hypothesis: set[str]) -> tuple[float, float, float]:
+    """nltk.metrics.scores precision / recall / f_measure (alpha 0.5) of two word SETS, with the
+    cases nltk returns None for (Nougat would then fail to average) scored 0: a prediction or a
+    truth without any word."""
+    overlap = len(reference & hypothesis)
+    precision = overlap / len(hypothesis) if hypothesis else 0.0
+    recall = overlap / len(reference) if reference else 0.0
+    if precision == 0 or recall == 0:
+        return precision, recall, 0.0
+    return precision, recall, 1.0 / (0.5 / precision + 0.5 / recall)
 
-    Align hypothesis words to reference words one to one (each hypothesis word, in order, takes the
-    earliest unused identical reference word); m matches, P = m / |hyp|, R = m / |ref|,
-    F = P R / (alpha P + (1 - alpha) R), chunks = runs of matches adjacent in both texts,
-    penalty = gamma (chunks / m)^beta, score = F (1 - penalty). No stemming or synonym stages: they
-    need WordNet, which a machine without internet cannot fetch; on texts whose words match
-    exactly the value is the standard METEOR. Worked example: hyp "the cat sat", ref "the cat
-    sat down": m = 3, P = 1, R = 0.75, F = 0.75 / (0.9 + 0.075) = 0.76923, one chunk ->
-    penalty 0.5 (1/3)^3 = 0.018519, score 0.75499.
+
+def nougat_page_metrics(pred: str, gt: str, *, wordnet: Any | None = None, min_chars: int = NOUGAT_MIN_CHARS) -> dict[str, float] | None:
+    """The paper's OCR metrics of one page, as Nougat's ``compute_metrics(pred, gt, minlen=4)``
+    (facebookresearch/nougat, ``nougat/metrics.py``) defines them; ``None`` for a page Nougat
+    does not score (``len(pred) < 4`` or ``len(gt) < 4`` characters, raw strings).
+
+    - ``edit_distance``: Levenshtein distance of the raw strings / ``max(len(pred), len(gt))``
+      (nltk's ``edit_distance``; computed here with rapidfuzz, the same value);
+    - words: ``str.split()``; ``precision`` = |gt words ∩ pred words| / |pred words|,
+      ``recall`` = |∩| / |gt words|, ``f1`` their harmonic mean, over the SETS of words
+      (nltk.metrics.scores); a text without words scores 0 (nltk: None);
+    - ``bleu``: ``nltk.translate.bleu([gt_words], pred_words)``: sentence BLEU-4, uniform
+      weights, no smoothing (0 when no 4-gram matches);
+    - ``meteor_nosyn``: ``nltk.translate.meteor([gt_words], pred_words)`` with the WordNet
+      synonym stage off; ``meteor``: the same with ``wordnet`` (nltk's reader), only when given.
     """
-    hyp, ref = pred.split(), target.split()
-    if not hyp or not ref:
-        return 1.0 if hyp == ref else 0.0
-    used: set[int] = set()
-    pairs: list[tuple[int, int]] = []
-    for i, word in enumerate(hyp):
-        j = next((j for j, r in enumerate(ref) if r == word and j not in used), None)
-        if j is not None:
-            used.add(j)
-            pairs.append((i, j))
-    m = len(pairs)
-    if m == 0:
-        return 0.0
-    precision, recall = m / len(hyp), m / len(ref)
-    fmean = precision * recall / (alpha * precision + (1 - alpha) * recall)
-    chunks = 1 + sum(1 for (i0, j0), (i1, j1) in zip(pairs, pairs[1:]) if not (i1 == i0 + 1 and j1 == j0 + 1))
-    return fmean * (1 - gamma * (chunks / m) ** beta)
+    if len(pred) < min_chars or len(gt) < min_chars:
+        return None
+    reference, hypothesis = gt.split(), pred.split()
+    precision, recall, f1 = _word_prf(set(reference), set(hypothesis))
+    with warnings.catch_warnings():  # nltk warns on every page without a matching 4-gram
+        warnings.simplefilter("ignore", UserWarning)
+        bleu = float(nltk.translate.bleu([reference], hypothesis))
+    out = {
+        "edit_distance": edit_distance(pred, gt) / max(len(pred), len(gt)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "bleu": bleu,
+        "meteor_nosyn": float(nltk.translate.meteor([reference], hypothesis, stemmer=_STEMMER, wordnet=_NoSynonyms())),
+    }
+    if wordnet is not None:
+        out["meteor"] = float(nltk.translate.meteor([reference], hypothesis, stemmer=_STEMMER, wordnet=wordnet))
+    return out
 
 
-class OCRMetric(torchmetrics.Metric):
-    """Mean normalized edit distance, bag-of-words precision / recall / F1 and METEOR per item."""
+_NOUGAT_KEYS = ("edit_distance", "precision", "recall", "f1", "bleu", "meteor", "meteor_nosyn")
 
-    full_state_update = False
 
-    def __init__(self, **kwargs):
+class OCRMetric(_SumMetric):
+    """The paper's OCR columns as Nougat computes them (:func:`nougat_page_metrics`), averaged
+    over the pages Nougat scores, with ``scored_rate`` and ``reward_edit_distance`` over every page.
+
+    ``wordnet``: ``"auto"`` (:func:`find_wordnet`), ``None`` (no ``meteor``), or a reader.
+    A non-string completion is read as ``""``.
+    """
+
+    def __init__(self, wordnet: Any = "auto", min_chars: int = NOUGAT_MIN_CHARS, **kwargs):
         super().__init__(**kwargs)
-        for name in ("edit_sum", "precision_sum", "recall_sum", "f1_sum", "meteor_sum", "total"):
-            self.add_state(name, default=_zero(), dist_reduce_fx="sum")
+        self.wordnet = find_wordnet() if wordnet == "auto" else wordnet
+        self.min_chars = int(min_chars)
+        self.value_names = tuple(k for k in _NOUGAT_KEYS if k != "meteor" or self.wordnet is not None)
+        self._add_sums(*(f"{k}_sum" for k in self.value_names), "scored", "reward_edit_sum", "total")
 
     def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
         _check_lengths(completions, records)
         for completion, record in zip(completions, records):
             pred = completion if isinstance(completion, str) else ""
             target = str(record["target"])
-            precision, recall, f1 = bag_of_words_prf(pred, target)
-            self.edit_sum += normalized_edit_distance(pred, target)
-            self.precision_sum += precision
-            self.recall_sum += recall
-            self.f1_sum += f1
-            self.meteor_sum += meteor(pred, target)
+            page = nougat_page_metrics(pred, target, wordnet=self.wordnet, min_chars=self.min_chars)
+            if page is not None:
+                for key in self.value_names:
+                    state = f"{key}_sum"
+                    setattr(self, state, getattr(self, state) + page[key])
+                self.scored += 1.0
+            self.reward_edit_sum += normalized_edit_distance(pred, target)
             self.total += 1.0
 
     def compute(self) -> dict[str, float]:
-        return {
-            "edit_distance": _mean(self.edit_sum, self.total),
-            "precision": _mean(self.precision_sum, self.total),
-            "recall": _mean(self.recall_sum, self.total),
-            "f1": _mean(self.f1_sum, self.total),
-            "meteor": _mean(self.meteor_sum, self.total),
-        }
+        values = {key: _mean(getattr(self, f"{key}_sum"), self.scored) for key in self.value_names}
+        values["scored_rate"] = _mean(self.scored, self.total)
+        values["reward_edit_distance"] = _mean(self.reward_edit_sum, self.total)
+        return values
 
 
-class ShortTextBLEUScore(BLEUScore):
-    """Corpus BLEU-4 that stays informative on short texts.
+class CountingMetric(_SumMetric):
+    """Exact accuracy, mean absolute error and parse rate of counting answers.
 
-    Accumulation (whitespace tokenization, clipped n-gram counts, closest reference length) is
-    torchmetrics' ``BLEUScore(n_gram=4, smooth=True)``; only the final formula differs, in two
-    documented ways:
-
-    1. **Smoothing** (Lin & Och 2004 add-one, the same as torchmetrics' ``smooth=True``):
-       ``p_1 = m_1 / c_1`` and ``p_n = (m_n + 1) / (c_n + 1)`` for n >= 2. torchmetrics returns
-       0 as soon as any order has no match, which makes its smoothing a no-op exactly where it
-       is needed (short answers with no matching 4-gram); here smoothing applies regardless.
-       BLEU is 0 only when no unigram matches.
-    2. **Order reduction**: the order is ``n = min(4, longest order for which the predictions
-       contain any n-gram)``, with uniform weights ``1/n``. So a corpus whose predictions are all
-       shorter than 4 words gets BLEU-n of the orders it has instead of a meaningless 0.
-
-    When all four orders have matches, the value equals ``BLEUScore(n_gram=4, smooth=True)``.
-    Brevity penalty as usual: ``exp(1 - r / c)`` if ``c <= r``.
+    Every item counts in every value. An unparsed answer (no count, or a negative number:
+    :func:`perpo.answers.parse_count`) is wrong for ``accuracy`` and has absolute error
+    ``max(target, 1)`` in ``mae``: the error of answering 0 when the target is positive, and 1
+    for a target of 0, so it is never an error of 0. It is the smallest error the ``count``
+    reward scores 0, the reward an unparsed answer gets (:mod:`perpo.rewards.counting`).
+    Example: targets 3, 0 with answers "no idea", "none": accuracy 1/2, mae (3 + 0) / 2.
     """
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("n_gram", 4)
-        kwargs.setdefault("smooth", True)
         super().__init__(**kwargs)
-
-    def compute(self) -> torch.Tensor:
-        numerator = self.numerator.double()
-        denominator = self.denominator.double()
-        c, r = float(self.preds_len), float(self.target_len)
-        zero = torch.tensor(0.0, dtype=torch.float64)
-        if c <= 0 or float(denominator[0]) <= 0 or float(numerator[0]) <= 0:
-            return zero
-        orders = int((denominator > 0).nonzero().max()) + 1
-        precisions = [float(numerator[0] / denominator[0])]
-        for n in range(1, orders):
-            m, d = float(numerator[n]), float(denominator[n])
-            precisions.append((m + 1.0) / (d + 1.0) if self.smooth else m / d)
-        if min(precisions) <= 0:
-            return zero
-        log_mean = sum(math.log(p) for p in precisions) / orders
-        brevity = 1.0 if c > r else math.exp(1.0 - r / c)
-        return torch.tensor(brevity * math.exp(log_mean), dtype=torch.float64)
-
-
-class CountingMetric(torchmetrics.Metric):
-    """Exact accuracy, mean absolute error and parse rate of counting answers."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        for name in ("correct", "abs_error_sum", "parsed", "total"):
-            self.add_state(name, default=_zero(), dist_reduce_fx="sum")
+        self._add_sums("correct", "abs_error_sum", "parsed", "total")
 
     def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
         _check_lengths(completions, records)
         for completion, record in zip(completions, records):
             pred = parse_count(completion)
             target = int(record["target"])
-            value = 0 if pred is None else pred
+            if target < 0:
+                raise ValueError(f"a count target cannot be negative: {target} (record {record.get('id', '?')})")
+            error = max(target, 1) if pred is None else abs(pred - target)
             self.correct += float(pred is not None and pred == target)
-            self.abs_error_sum += float(abs(value - target))
+            self.abs_error_sum += float(error)
             self.parsed += float(pred is not None)
             self.total += 1.0
 
@@ -249,8 +289,11 @@ class CountingMetric(torchmetrics.Metric):
         }
 
 
-class TaskMetrics:
+class TaskMetrics(torch.nn.Module):
     """All evaluation metrics of one task behind ``update`` / ``compute`` / ``reset``.
+
+    An ``nn.Module`` whose one child (``main``) is the task's torchmetrics metric, so a
+    LightningModule holding it moves its states with ``.to(device)``.
 
     >>> m = TaskMetrics("counting")
     >>> m.update(["3", "four"], [{"target": 3}, {"target": 5}])
@@ -258,54 +301,49 @@ class TaskMetrics:
     {'accuracy': 0.5, 'mae': 0.5, 'parse_rate': 1.0}
     """
 
-    def __init__(self, task: str, box_format: str = "norm2", *, box_frame: str = "original", sync_on_compute: bool = True):
-        """``sync_on_compute=False``: one process scores the whole set (no sum over ranks)."""
+    def __init__(
+        self, task: str, box_format: str = "norm2", *, box_frame: str = "original", sync_on_compute: bool = True, wordnet: Any = "auto"
+    ):
+        """``sync_on_compute=False``: one process scores the whole set (no sum over ranks).
+        ``wordnet`` (OCR): see :class:`OCRMetric`."""
+        super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
         self.task = task
         self.box_format = box_format
-        self._bleu: ShortTextBLEUScore | None = None
         sync = {"sync_on_compute": sync_on_compute}
         if task == "grounding":
-            self._main: torchmetrics.Metric = GroundingMetric(box_format=box_format, box_frame=box_frame, **sync)
+            self.main: _SumMetric = GroundingMetric(box_format=box_format, box_frame=box_frame, **sync)
         elif task == "ocr":
-            self._main = OCRMetric(**sync)
-            self._bleu = ShortTextBLEUScore(**sync)
+            self.main = OCRMetric(wordnet=wordnet, **sync)
         else:
-            self._main = CountingMetric(**sync)
+            self.main = CountingMetric(**sync)
 
     @property
     def metrics(self) -> list[torchmetrics.Metric]:
-        """The underlying torchmetrics objects (e.g. to move them to a device)."""
-        return [m for m in (self._main, self._bleu) if m is not None]
+        """The underlying torchmetrics objects."""
+        return [self.main]
 
     def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
         completions = list(completions)
         records = list(records)
         _check_lengths(completions, records)
-        if not completions:
-            return
-        self._main.update(completions, records)
-        if self._bleu is not None:
-            preds = [c if isinstance(c, str) else "" for c in completions]
-            self._bleu.update(preds, [[str(r["target"])] for r in records])
+        if completions:
+            self.main.update(completions, records)
 
     def compute(self) -> dict[str, float]:
-        if float(self._main.total) == 0:
-            keys = {
-                "grounding": ["acc@0.5", "miou", "parse_rate"],
-                "ocr": ["edit_distance", "precision", "recall", "f1", "meteor", "bleu"],
-                "counting": ["accuracy", "mae", "parse_rate"],
-            }[self.task]
-            return {k: math.nan for k in keys}
-        values = {k: float(v) for k, v in self._main.compute().items()}
-        if self._bleu is not None:
-            values["bleu"] = float(self._bleu.compute())
-        return values
+        """The task's values over every process's items: the metric's states are summed over the
+        processes first (every process calls this, including one that scored nothing), then
+        divided; ``nan`` where nothing was scored anywhere."""
+        with warnings.catch_warnings():  # a process without items: torchmetrics warns, we know
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
+            return {k: float(v) for k, v in self.main.compute().items()}
 
     def reset(self) -> None:
-        for metric in self.metrics:
-            metric.reset()
+        self.main.reset()
 
-    def __repr__(self) -> str:
-        return f"TaskMetrics(task={self.task!r}, box_format={self.box_format!r})"
+    def forward(self, *args, **kwargs):
+        raise TypeError("TaskMetrics is not called: use update(completions, records), then compute()")
+
+    def extra_repr(self) -> str:
+        return f"task={self.task!r}, box_format={self.box_format!r}"

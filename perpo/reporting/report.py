@@ -114,6 +114,23 @@ class Column:
     decimals: int = 2
     dataset: str | None = None  # grounding: the benchmark the column is evaluated on
     split: str | None = None
+    # how ours is computed, and whether that is the paper's definition
+    definition: str = ""
+    same: bool = True
+    # read when ``metric`` is missing; never the paper's definition (e.g. METEOR without WordNet)
+    fallback: str | None = None
+    fallback_definition: str = ""
+    # results written before ours had the paper's definition lack this metric: not comparable
+    since: str | None = None
+
+    def read(self, metrics: dict) -> tuple[float, bool] | None:
+        """(ours in the paper's units, computed the paper's way?) from a run's metrics, or None."""
+        current = self.since is None or self.since in metrics
+        for name, same in ((self.metric, self.same), (self.fallback, False)):
+            value = metrics.get(name) if name else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value) * self.scale, same and current
+        return None
 
 
 @dataclass(frozen=True)
@@ -126,13 +143,15 @@ class PaperTable:
 
 _DATASETS = (("RefCOCO", "refcoco", ("val", "testA", "testB")), ("RefCOCO+", "refcocoplus", ("val", "testA", "testB")),
              ("RefCOCOg", "refcocog", ("val", "test")))  # fmt: skip
+_ACC_DEF = "share of answers whose box (parsed from the answer; unparsed = miss) has IoU >= 0.5 with the true box, the standard RefCOCO Acc@0.5"
+_NOUGAT = "Nougat's compute_metrics per page (nougat/metrics.py), mean over the pages it scores (both texts >= 4 characters)"
 TABLES: dict[str, PaperTable] = {
     "grounding": PaperTable(
         "grounding",
         "Grounding: Acc@0.5 (%) on RefCOCO / RefCOCO+ / RefCOCOg",
         "ours: acc@0.5 x 100",
         tuple(
-            Column(f"{prefix}_{split}", f"{name} {split}", "acc@0.5", 100.0, 1, name, split)
+            Column(f"{prefix}_{split}", f"{name} {split}", "acc@0.5", 100.0, 1, name, split, definition=_ACC_DEF)
             for name, prefix, splits in _DATASETS
             for split in splits
         ),
@@ -142,13 +161,20 @@ TABLES: dict[str, PaperTable] = {
         "Dense OCR: page test set",
         "EditDist: normalized edit distance, lower is better; the others higher is better",
         (
-            Column("edit_distance", "EditDist", "edit_distance"),
-            Column("f1", "F1", "f1"),
-            Column("precision", "Prec", "precision"),
-            Column("recall", "Rec", "recall"),
-            Column("bleu", "BLEU", "bleu"),
-            Column("meteor", "METEOR", "meteor"),
-        ),
+            Column("edit_distance", "EditDist", "edit_distance", since="scored_rate",
+                   definition=f"Levenshtein(pred, gt) / max(len(pred), len(gt)) on the raw page text; {_NOUGAT}"),
+            Column("f1", "F1", "f1", since="scored_rate", definition=f"harmonic mean of Prec and Rec; {_NOUGAT}"),
+            Column("precision", "Prec", "precision", since="scored_rate",
+                   definition=f"|gt words ∩ pred words| / |pred words| over the SETS of whitespace-split words; {_NOUGAT}"),
+            Column("recall", "Rec", "recall", since="scored_rate",
+                   definition=f"|gt words ∩ pred words| / |gt words| over the word SETS; {_NOUGAT}"),
+            Column("bleu", "BLEU", "bleu", since="scored_rate",
+                   definition=f"nltk.translate.bleu([gt words], pred words), sentence BLEU-4 without smoothing; {_NOUGAT}"),
+            Column("meteor", "METEOR", "meteor", since="scored_rate",
+                   definition=f"nltk METEOR with WordNet synonyms; {_NOUGAT}",
+                   fallback="meteor_nosyn",
+                   fallback_definition="meteor_nosyn: nltk METEOR without the WordNet synonym stage (no WordNet data on the machine that evaluated)"),
+        ),  # fmt: skip
     ),
 }
 METHOD_ORDER = ("base", "SFT", "DPO", "PerPO")
@@ -181,6 +207,11 @@ def eval_source(config: dict, split: str | None) -> tuple[str | None, str | None
 @dataclass
 class Cell:
     values: dict[str, float] = field(default_factory=dict)  # evaluated model -> value (paper units)
+    differs: set[str] = field(default_factory=set)  # evaluated models whose value is not the paper's definition
+
+    @property
+    def comparable(self) -> bool:
+        return not self.differs
 
     def stats(self) -> tuple[float, float, int] | None:
         v = [x for x in self.values.values() if not math.isnan(x)]
@@ -260,7 +291,7 @@ def _measurements(run: dict):
         columns = list(table.columns)
     out = []
     for row_key, block, metrics, identity in found:
-        values = {c.key: float(metrics[c.metric]) * c.scale for c in columns if isinstance(metrics.get(c.metric), (int, float))}
+        values = {c.key: read for c in columns if (read := c.read(metrics)) is not None}
         if values:
             out.append((row_key, block, values, f"{identity}|{path}|{ds_split}"))
     return out or "no metric of the table"
@@ -296,8 +327,12 @@ def paper_table(runs: list[dict], conf_dir: str | Path | None = PAPER_CONF) -> t
             continue
         for key, block, values, identity in found:
             r = row(key, block)
-            for column, value in values.items():
-                r.cells[column].values.setdefault(identity, value)
+            for column, (value, same) in values.items():
+                cell = r.cells[column]
+                if identity not in cell.values:
+                    cell.values[identity] = value
+                    if not same:
+                        cell.differs.add(identity)
     tables: dict[str, list[Row]] = {}
     for name in TABLES:
         members = [r for r in rows.values() if r.table == name]
@@ -318,26 +353,53 @@ def _fmt(value: float | None, decimals: int, signed: bool = False) -> str:
     return "0." + "0" * decimals if signed and float(text) == 0 else text
 
 
+NOT_COMPARABLE = "†"
+
+
+def definitions_markdown(table: PaperTable) -> str:
+    """One line per column: how ours is computed and whether that is the paper's definition."""
+    lines = []
+    for c in table.columns:
+        if table.name == "grounding" and c is not table.columns[0]:
+            continue  # one definition for every benchmark column
+        name = "every column" if table.name == "grounding" else c.header
+        lines.append(f"- {name}: {'same definition as the paper' if c.same else 'NOT the paper definition'} ({c.definition})")
+        if c.fallback:
+            lines.append(f"  - {NOT_COMPARABLE} where `{c.metric}` is missing: {c.fallback_definition}; not comparable to the paper")
+    if any(c.since for c in table.columns):
+        since = next(c.since for c in table.columns if c.since)
+        lines.append(f"- {NOT_COMPARABLE} also marks results written before these definitions (no `{since}`): not comparable")
+    return "\n".join(lines)
+
+
 def paper_markdown(tables: dict[str, list[Row]], skipped: dict[str, int] | None = None) -> str:
     parts = []
     for name, rows in tables.items():
         table = TABLES[name]
-        legend = f"ours: mean over evaluated models (n); paper: the release's README; Δ = ours − paper. {table.note}."
+        legend = (
+            f"ours: mean over evaluated models (n); paper: the release's README; Δ = ours − paper; "
+            f"{NOT_COMPARABLE}: not the paper's definition, Δ n/c (not comparable). {table.note}."
+        )
         lines = []
         for r in rows:
             stats = {c.key: r.cells[c.key].stats() if c.key in r.cells else None for c in table.columns}
+            same = {c.key: c.key not in r.cells or r.cells[c.key].comparable for c in table.columns}
             n = max((s[2] for s in stats.values() if s), default=0)
-            ours = [_fmt(stats[c.key][0] if stats[c.key] else None, c.decimals) for c in table.columns]
+            ours = [
+                _fmt(stats[c.key][0] if stats[c.key] else None, c.decimals) + ("" if same[c.key] or not stats[c.key] else NOT_COMPARABLE)
+                for c in table.columns
+            ]  # fmt: skip
             theirs = [_fmt(_number(r.paper.get(c.key)), c.decimals) for c in table.columns]
             delta = [
-                _fmt(stats[c.key][0] - _number(r.paper.get(c.key)), c.decimals, signed=True)
+                ("n/c" if not same[c.key] else _fmt(stats[c.key][0] - _number(r.paper.get(c.key)), c.decimals, signed=True))
                 if stats[c.key] and _number(r.paper.get(c.key)) is not None else "-"
                 for c in table.columns
             ]  # fmt: skip
             label = "ours" if n <= 1 else f"ours (n={n})"
             lines += [[r.model, r.method, label, *ours], ["", "", "paper", *theirs], ["", "", "Δ", *delta]]
         header = ["model", "method", "", *(c.header for c in table.columns)]
-        parts.append(f"## {table.title}\n\n{legend}\n\n" + markdown_table(header, lines, label_columns=3))
+        definitions = "How ours is computed:\n\n" + definitions_markdown(table)
+        parts.append(f"## {table.title}\n\n{legend}\n\n" + markdown_table(header, lines, label_columns=3) + f"\n\n{definitions}")
     if not parts:
         parts.append("no paper rows: no conf/experiment/paper/ and no run with a paper block")
     if skipped:

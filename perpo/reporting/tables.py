@@ -15,9 +15,13 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, labe
     then right-aligned ones when ``numeric``."""
     header = list(header)
     align = ["---"] * label_columns + [("---:" if numeric else "---")] * (len(header) - label_columns)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = [_row(header), "|" + "|".join(align) + "|", *(_row(row) for row in rows)]
     return "\n".join(lines)
+
+
+def _row(cells: Sequence) -> str:
+    """``| a | b |``; an empty cell is ``| |``."""
+    return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
 
 
 def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
