@@ -76,6 +76,8 @@ def _stored_lists(cfg: DictConfig, base_path: Path):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
+    # before anything slow: a resume from a missing or damaged checkpoint fails in seconds
+    ckpt = resume_path(out_dir, bool(cfg.get("resume", False)), cfg.get("ckpt_path"))
     task = task_spec(cfg)
     splits = build_splits(cfg)
     reports = splits.reports
@@ -104,7 +106,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if reports:
         results["data_skipped"] = reports
 
-    ckpt = resume_path(out_dir, bool(cfg.get("resume", False)), cfg.get("ckpt_path"))
     before_file = out_dir / "before.json"
     if cfg.eval.before and ckpt and before_file.exists():  # resumed: the base was evaluated already
         results.update(json.loads(before_file.read_text()))
