@@ -24,7 +24,7 @@ from subprocess_runs import REPO, script_env
 
 from perpo.data.adapters import DataError, load_split
 from perpo.data.stored_lists import ListsError, lists_meta, load_lists
-from perpo.models.loading import ModelLoadError, check_model_folder, load_model
+from perpo.models.loading import ModelLoadError, load_model
 from perpo.training.checkpointing import AtomicCheckpointIO, ResumeError, resume_path
 
 
@@ -139,7 +139,7 @@ def test_a_truncated_weights_file(tiny_dir, tmp_path):
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelLoadError, match=r"model.safetensors is truncated: .*download it again"):
-        check_model_folder(copy)
+        load_model(copy)
 
 
 # ----- checkpoints to resume from ------------------------------------------------------------------
