@@ -182,3 +182,15 @@ def test_train_py_with_a_damaged_checkpoint_exits_2_in_perpo_words(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert f"perpo: ckpt_path={bad} is damaged" in proc.stderr
+
+
+# ----- config values ------------------------------------------------------------------------------
+def test_a_reward_function_that_cannot_be_imported():
+    from omegaconf import OmegaConf
+
+    from perpo.commands.common import build_reward
+    from perpo.config import ConfigError
+
+    cfg = OmegaConf.create({"reward": {"name": "mine", "fn": {"_target_": "no_such_module.length_reward"}}})
+    with pytest.raises(ConfigError, match=r"reward.fn._target_='no_such_module.length_reward' cannot be used"):
+        build_reward(cfg)
