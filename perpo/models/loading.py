@@ -145,7 +145,7 @@ def load_model(
             "there is network (e.g. `hf download <id> --local-dir <dir>`) and set model.path=<dir>."
         ) from err
     except Exception as err:  # a local folder's damaged file: safetensors, tokenizer, processor errors
-        if not local:
+        if not local or isinstance(err, (MemoryError, torch.OutOfMemoryError)):
             raise
         first = str(err).splitlines()[0] if str(err) else ""
         raise ModelLoadError(
