@@ -48,5 +48,5 @@ def run_guarded(cfg: DictConfig, job: Callable[[DictConfig], Any]) -> Any:
 
     try:
         return job(cfg)
-    except (ModelLoadError, ListsError, ResumeError, DataError) as err:
+    except (ConfigError, ModelLoadError, ListsError, ResumeError, DataError) as err:  # a config value found unusable late
         _fail(err)

@@ -68,7 +68,17 @@ def blank_where_asked(cfg: DictConfig, splits):
 def build_reward(cfg: DictConfig):
     """The configured reward as ``fn(completion, record) -> float | None``."""
     if cfg.reward.get("fn") is not None:  # a user's own function: reward.fn._target_=pkg.mod.fn
-        return instantiate(cfg.reward.fn, _partial_=True)
+        try:
+            return instantiate(cfg.reward.fn, _partial_=True)
+        except Exception as err:  # hydra's InstantiationException: the import error is its cause
+            from perpo.config import ConfigError
+
+            cause = err.__cause__ or err
+            raise ConfigError(
+                f"reward.fn._target_={cfg.reward.fn.get('_target_')!r} cannot be used as the reward "
+                f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}): name a function "
+                "as package.module.function, importable from where you run (on PYTHONPATH)"
+            ) from err
     from functools import partial
 
     params = cfg.reward.get("params")

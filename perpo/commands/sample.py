@@ -23,7 +23,6 @@ training that follows, so ``reference=cached`` then needs no reference model at 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -35,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from perpo.data.records import COLUMNS
 from perpo.atomic import atomic_write, write_json_atomic
-from perpo.data.stored_lists import HIST_BINS, META, SUMMARY, ListsError, chunk_name, done_chunks, list_features, summarize
+from perpo.data.stored_lists import HIST_BINS, META, SUMMARY, ListsError, chunk_name, done_chunks, list_features, read_json, summarize
 from perpo.rewards.scored_lists import decode_and_score, keep_mask
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def check_meta(out_dir: Path, meta: dict) -> None:
     """Write ``meta.json``, or refuse when the folder holds lists made with other settings."""
     path = out_dir / META
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         differ = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if differ:
             shown = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in differ)

@@ -76,6 +76,9 @@ def _stored_lists(cfg: DictConfig, base_path: Path):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
+    # before anything slow: a resume from a missing or damaged checkpoint fails in seconds
+    ckpt = resume_path(out_dir, bool(cfg.get("resume", False)), cfg.get("ckpt_path"))
+    reward = build_reward(cfg)  # a reward.fn that cannot be imported, too
     task = task_spec(cfg)
     splits = build_splits(cfg)
     reports = splits.reports
@@ -104,7 +107,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if reports:
         results["data_skipped"] = reports
 
-    ckpt = resume_path(out_dir, bool(cfg.get("resume", False)), cfg.get("ckpt_path"))
     before_file = out_dir / "before.json"
     if cfg.eval.before and ckpt and before_file.exists():  # resumed: the base was evaluated already
         results.update(json.loads(before_file.read_text()))
@@ -124,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.eval.get("best_of_n"):  # the oracle line of the paper's list-size figure
             results["before"].update(
                 best_of_n(
-                    policy, processor, family, task, test, build_reward(cfg), n=int(cfg.listsize),
+                    policy, processor, family, task, test, reward, n=int(cfg.listsize),
                     temperature=float(cfg.sampling.temperature), top_p=float(cfg.sampling.top_p), seed=int(cfg.seed),
                     threshold=0.5 if task.name == "grounding" else None,
                 )
@@ -134,7 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_json_atomic(before_file, {k: results[k] for k in ("before", "base_uses_image") if k in results})
 
     module = PerPOModule(
-        policy, processor, family, task, build_reward(cfg),
+        policy, processor, family, task, reward,
         **module_kwargs(cfg, max_new_tokens=task.max_new_tokens, stored_lists=offline),
     )
     logger = build_logger(cfg)

@@ -64,7 +64,10 @@ an empty expression / text / prompt, a bad count, a list with mismatched lengths
 answers or a NaN reward. Images are decoded with PIL (EXIF orientation applied, as ``datasets``
 does on access) and stored as RGB; width / height come from the decoded image. A source that
 cannot be read at all (path, split or column missing, an unknown option or column role) raises
-:class:`DataError` naming it; so does :func:`load_split` for a split whose every row was skipped.
+:class:`DataError` naming it; so does a file ``datasets`` cannot parse, naming the file and the
+line at fault (:mod:`perpo.data.files`: a line that is not JSON, a column typed differently in
+two files, a CSV line with too many fields, a damaged parquet file); so does :func:`load_split`
+for a split whose every row was skipped.
 
 Memory and caching: outputs are written by ``Dataset.from_generator`` (Arrow on disk, one row
 in memory at a time); an RGB image keeps its original bytes (no re-encoding). Skipped rows are
@@ -92,6 +95,7 @@ from typing import Any, NamedTuple
 import datasets
 from PIL import Image, ImageOps
 
+from perpo.data.files import files_problem, root_cause
 from perpo.data.records import features_for, validate_record
 
 __all__ = ["ADAPTERS", "DataError", "SkipReport", "load_split"]
@@ -601,9 +605,19 @@ def _load_source(data_cfg: Mapping, split: str, options: Mapping) -> tuple[datas
             cache_dir=options["cache_dir"],
         )
     except Exception as e:
-        raise DataError(f"cannot read split {source_split!r} of {where} ({type(e).__name__}: {e})") from e
+        raise _unreadable(builder, files[source_split], source_split, where, e) from e
     label = ", ".join(files[source_split][:3]) + (", ..." if len(files[source_split]) > 3 else "")
     return source, label
+
+
+def _unreadable(builder: str, files: list[str], split: str, where: str, err: Exception) -> DataError:
+    """The DataError for a split ``datasets`` could not read: the file and line at fault where one
+    is found (:mod:`perpo.data.files`), else the innermost error (pyarrow's, not ``datasets``' wrapper)."""
+    problem = files_problem(builder, files)
+    if problem:
+        return DataError(f"cannot read split {split!r} of data.path={where}: {problem}")
+    cause = root_cause(err)
+    return DataError(f"cannot read split {split!r} of data.path={where} ({type(cause).__name__}: {cause})")
 
 
 def _checked_columns(layout: _Layout, columns: dict, source: datasets.Dataset, where: str) -> None:

@@ -72,7 +72,7 @@ def summarize(out_dir: Path, total_chunks: int) -> dict:
     totals = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
     done = sorted(done_chunks(out_dir))
     for index in done:
-        counts = json.loads((out_dir / "progress" / f"{chunk_name(index)}.json").read_text())
+        counts = read_json(out_dir / "progress" / f"{chunk_name(index)}.json")
         for key, value in counts.items():
             if key == "hist":
                 totals["hist"] = [a + b for a, b in zip(totals["hist"], value)]
@@ -108,7 +108,20 @@ def load_lists(path: str | Path, *, need_ref: bool = False):
         files = [path]
     if not files:
         raise ListsError(f"data.lists={path} holds no parquet shards (expected {path}/data/chunk-*.parquet)")
-    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    try:
+        ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    except Exception as err:  # datasets wraps pyarrow's error: find the shard at fault
+        from perpo.data.files import files_problem, root_cause
+
+        problem = files_problem("parquet", [str(f) for f in files])
+        if problem is None:
+            cause = root_cause(err)
+            problem = f"{type(cause).__name__}: {cause}"
+        fix = (
+            "delete that shard and its progress/chunk-*.json and run the same sample.py command again to redo it"
+            if path.is_dir() and (path / META).exists() else "write the file again"
+        )
+        raise ListsError(f"data.lists={path}: the stored lists cannot be read: {problem} ({fix})") from err
     missing = [c for c in ("id", "image", "answers", "rewards", "parsed") if c not in ds.column_names]
     if missing:
         raise ListsError(f"data.lists={path}: column(s) {missing} missing; found {ds.column_names}")
@@ -135,11 +148,29 @@ def check_list_sizes(ds, where: str) -> int:
     return n
 
 
+def read_json(file: Path) -> dict:
+    """A JSON object perpo wrote into a lists folder (``meta.json``, ``progress/chunk-*.json``);
+    a damaged one is a :class:`ListsError` naming it."""
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ListsError(
+            f"{file} cannot be read ({err}): it is damaged; delete it (a progress file: that chunk is sampled "
+            "again; meta.json: sample into a new sample.out_dir)"
+        ) from None
+    if not isinstance(value, dict):
+        raise ListsError(f"{file} holds a JSON {type(value).__name__}, not the object perpo writes: it is damaged")
+    return value
+
+
 def _total_chunks(path: Path) -> int:
-    meta = json.loads((path / META).read_text())
-    return math.ceil(meta["num_records"] / meta["chunk_size"])
+    meta = read_json(path / META)
+    try:
+        return math.ceil(int(meta["num_records"]) / int(meta["chunk_size"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        raise ListsError(f"{path / META} lacks num_records / chunk_size: it is damaged") from None
 
 
 def lists_meta(path: str | Path) -> dict | None:
     meta = Path(path) / META
-    return json.loads(meta.read_text()) if meta.exists() else None
+    return read_json(meta) if meta.exists() else None

@@ -26,6 +26,85 @@ class ModelLoadError(RuntimeError):
     """A checkpoint that cannot be loaded; the message names ``model.path`` and what to do."""
 
 
+class ModelSettingError(ModelLoadError, ValueError):
+    """A model setting (``model.dtype``, ``model.eos_token``) that does not fit the checkpoint."""
+
+
+_REFETCH = "download it again (e.g. `hf download <id> --local-dir <dir>`) or save it again"
+_WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def check_model_folder(path: str | Path) -> None:
+    """Refuse, naming the file and the fix, a local ``model.path`` that cannot be a checkpoint of
+    a vision-language model: a file, a folder without ``config.json`` (empty, or not a model), a
+    ``config.json`` that is not JSON or not a model's, a text-only (or unknown) model type, no
+    weights, or a truncated ``.safetensors`` file. A path that does not exist (a hub id) passes:
+    loading names it. Reads the config and the safetensors headers only."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    local = Path(path).expanduser()
+    if not local.exists():
+        return
+    where = f"model.path={str(path)!r}"
+    if not local.is_dir():
+        hint = " (a Lightning .ckpt is resumed with ckpt_path=<file>, not loaded as a model)" if local.suffix == ".ckpt" else ""
+        raise ModelLoadError(
+            f"{where} is a file; it must be a checkpoint folder holding config.json and the weights, as "
+            f"save_pretrained writes them{hint}"
+        )
+    config_file = local / "config.json"
+    if not config_file.is_file():
+        what = "is an empty folder" if not any(local.iterdir()) else "holds no config.json"
+        raise ModelLoadError(
+            f"{where} {what}: point it at a checkpoint folder (config.json, the weights, tokenizer and processor "
+            "files), e.g. one saved by save_pretrained or `hf download <id> --local-dir <dir>`"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{where}: {config_file} is not valid JSON ({err}): it is damaged; {_REFETCH}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ModelLoadError(f"{where}: {config_file} has no model_type: it is not a transformers model config; {_REFETCH}")
+    model_type = config["model_type"]
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        architectures = ", ".join(config.get("architectures") or []) or "no architectures listed"
+        raise ModelLoadError(
+            f"{where} holds a {model_type!r} model ({architectures}), not a vision-language model that "
+            "transformers loads as image-text-to-text (AutoModelForImageTextToText): perpo needs images in, text "
+            "out; point model.path at a checkpoint of a supported family (conf/model/*.yaml)"
+        )
+    weights = [f for pattern in _WEIGHTS for f in local.glob(pattern)]
+    if not weights:
+        raise ModelLoadError(
+            f"{where} has a config.json but no weights (model.safetensors or pytorch_model.bin): the download or "
+            f"save did not finish; {_REFETCH}"
+        )
+    for file in sorted(local.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem:
+            raise ModelLoadError(f"{where}: {file.name} {problem}; {_REFETCH}")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a .safetensors file's header or length (None: it looks whole)."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"is {size} bytes, too short for a safetensors file (truncated)"
+            length = int.from_bytes(head, "little")
+            if 8 + length > size:
+                return f"is truncated: its header says {length} header bytes, the file has {size}"
+            header = json.loads(f.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        return f"is not a readable safetensors file ({type(err).__name__}: {err})"
+    if 8 + length + end > size:
+        return f"is truncated: {size} bytes, its header needs {8 + length + end}"
+    return None
+
+
 def load_model(
     path: str | Path,
     *,
@@ -43,24 +122,40 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is not known; choose one of {sorted(DTYPES)}")
+        raise ModelSettingError(f"model.dtype={dtype!r} is not known; choose one of {sorted(DTYPES)}")
     hf_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    check_model_folder(path)
+    local = Path(path).expanduser().is_dir()
     try:
         processor = load_processor(path)
         model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
     except OSError as err:  # no such folder, hub unreachable, not in the cache, missing files
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if local:
+            raise ModelLoadError(
+                f"model.path={str(path)!r} could not be loaded ({first}): a file of the checkpoint is missing "
+                f"or damaged; {_REFETCH}"
+            ) from err
         raise ModelLoadError(
             f"model.path={str(path)!r} could not be loaded: it is not a complete local checkpoint and "
-            f"the hub copy is unreachable or missing here ({str(err).splitlines()[0]}). Download it where "
+            f"the hub copy is unreachable or missing here ({first}). Download it where "
             "there is network (e.g. `hf download <id> --local-dir <dir>`) and set model.path=<dir>."
+        ) from err
+    except Exception as err:  # a local folder's damaged file: safetensors, tokenizer, processor errors
+        if not local or isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ModelLoadError(
+            f"model.path={str(path)!r} could not be loaded ({type(err).__name__}: {first}): a file of the "
+            f"checkpoint is damaged or does not fit its config.json; {_REFETCH}"
         ) from err
     tok = processor.tokenizer
     if eos_token is not None:
         if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id):
-            raise ValueError(f"model.eos_token={eos_token!r} is not a token of the tokenizer at {path}")
+            raise ModelSettingError(f"model.eos_token={eos_token!r} is not a token of the tokenizer at {path}")
         tok.eos_token = eos_token
         model.generation_config.eos_token_id = tok.eos_token_id
     if tok.pad_token_id is None:

@@ -12,7 +12,9 @@
 - ``resume=true`` (same ``hydra.run.dir``) or ``ckpt_path=<file>``: Lightning restores step,
   optimizer, scheduler and loop progress; ``PerPOModule`` restores the RNG states and counters;
   ``RecordDataModule``'s loader restores the position in the epoch. A run killed (even with
-  SIGKILL) and resumed ends with the same weights as one never interrupted.
+  SIGKILL) and resumed ends with the same weights as one never interrupted. A checkpoint that is
+  empty, truncated, not a torch file or not train.py's is a :class:`ResumeError` naming it
+  (:func:`check_checkpoint` before the run starts, :class:`AtomicCheckpointIO` when it loads).
 """
 
 from __future__ import annotations
@@ -45,7 +47,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         # Our own checkpoints hold RNG states (numpy arrays, Python tuples): not weights-only.
-        return torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError on damaged files
+            raise ResumeError(
+                f"checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+                f"it is damaged; {_OTHER_CHECKPOINT}"
+            ) from err
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ResumeError(f"{path} is a torch file but not a checkpoint train.py wrote (no state_dict); {_OTHER_CHECKPOINT}")
+        return checkpoint
 
 
 def writes_directory(strategy) -> bool:
@@ -119,11 +130,54 @@ class ResumeError(ValueError):
     """``resume=true`` / ``ckpt_path`` point at nothing usable: names the path."""
 
 
+_OTHER_CHECKPOINT = (
+    "resume from another checkpoint (ckpt_path=<run>/checkpoints/step=K.ckpt when checkpoint.keep_all was on) "
+    "or start afresh without resume / ckpt_path"
+)
+
+
+def check_checkpoint(path: str | Path, label: str) -> None:
+    """Refuse, naming ``label`` (the setting and the path), a checkpoint that cannot be one
+    train.py wrote: an empty file or folder, or a file that is not a complete torch archive
+    (truncated: its zip directory, written last, is missing). Reads only the archive's
+    directory, not the weights; :class:`AtomicCheckpointIO` refuses the rest when it loads."""
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():  # a folder of shards (DeepSpeed, FSDP sharded)
+        if not any(path.iterdir()):
+            raise ResumeError(f"{label} is an empty folder, not a checkpoint; {_OTHER_CHECKPOINT}")
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise ResumeError(f"{label} cannot be read ({err.strerror or err})") from None
+    if not head:
+        raise ResumeError(f"{label} is an empty file, not a checkpoint; {_OTHER_CHECKPOINT}")
+    if head[:1] == b"\x80":  # torch's legacy (pre-zip) format: a pickle; torch.load checks it
+        return
+    if head != b"PK\x03\x04":
+        raise ResumeError(
+            f"{label} is not a checkpoint (not a torch file; it starts with {head!r}): pass the "
+            f"last.ckpt or step=K.ckpt train.py wrote under <run>/checkpoints/"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ResumeError(f"{label} is damaged, e.g. truncated by a full disk or a partial copy ({err}); {_OTHER_CHECKPOINT}") from None
+    if not any(name.endswith("data.pkl") for name in names):
+        raise ResumeError(f"{label} is a zip archive but not a torch checkpoint (no data.pkl); {_OTHER_CHECKPOINT}")
+
+
 def resume_path(run_dir: str | Path, resume: bool, ckpt_path: str | None) -> str | None:
-    """The checkpoint to continue from, or None for a fresh run."""
+    """The checkpoint to continue from, or None for a fresh run; refuses one that is damaged
+    (:func:`check_checkpoint`)."""
     if ckpt_path:
         if not Path(ckpt_path).exists():  # a file, or a folder of shards (DeepSpeed, FSDP sharded)
             raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
+        check_checkpoint(ckpt_path, f"ckpt_path={ckpt_path}")
         return str(ckpt_path)
     if not resume:
         return None
@@ -131,12 +185,14 @@ def resume_path(run_dir: str | Path, resume: bool, ckpt_path: str | None) -> str
     old = last.with_name(LAST + ".old")
     if not last.exists() and old.exists():  # killed while swapping a new folder checkpoint in
         log.warning("resuming from %s: the newer checkpoint was not complete", old)
+        check_checkpoint(old, f"resume=true: {old}")
         return str(old)
     if not last.exists():
         raise ResumeError(
             f"resume=true but {last} does not exist: pass the run's folder as hydra.run.dir=<run dir> "
             "(the one holding checkpoints/), or a file as ckpt_path=<file>"
         )
+    check_checkpoint(last, f"resume=true: {last}")
     return str(last)
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from perpo.data.box_space import with_box_space
 from perpo.data.datamodule import RecordDataModule
-from perpo.models.loading import atomic_save_pretrained, ensure_tiny, load_model
+from perpo.models.loading import ModelLoadError, atomic_save_pretrained, ensure_tiny, load_model
 from perpo.prompting import ChatFamily, task_spec
 from perpo.training.callbacks import StepLog, StepProgressBar
 from perpo.training.config import optim_config
@@ -42,7 +42,10 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         arch = OmegaConf.to_container(model_cfg.arch)
         path = ensure_tiny(path.with_name(f"{path.name}-{config_digest(arch)}"), seed=0, **arch)
     elif not path.exists() and "/" not in str(model_cfg.path):
-        raise FileNotFoundError(f"model.path={model_cfg.path!r} is neither a local folder nor a hub id")
+        raise ModelLoadError(
+            f"model.path={model_cfg.path!r} is neither a local folder nor a hub id 'owner/name': "
+            "give the folder of a checkpoint or a hub id"
+        )
     ws = cfg.warmstart
     if not ws.enabled:
         return path
