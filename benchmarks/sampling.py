@@ -8,8 +8,10 @@
 
 Shape of benchmarks/list_scoring.py: the ~3M-parameter tiny LLaVA (CLIP 192 px / patch 16 ->
 144 image tokens, Llama hidden 256 x 4 layers), 144 image + 24 prompt tokens, 12 new tokens,
-sampling at temperature 1. Both modes run in the same process, interleaved, median over repeats,
-from the same seed (they draw the same samples, which is checked).
+sampling at temperature 1 with the seeded sampler training uses: ``generate(row_seeds=...)`` with
+one ``record_seed(seed, step, id)`` per prompt, as ``perpo.training.module.PerPOModule.training_step``
+calls it. Both modes run in the same process, interleaved, median over repeats, from the same row
+seeds (they draw the same samples, which is checked).
 
     python benchmarks/sampling.py            # writes benchmarks/sampling.md
 """
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from list_scoring import IMAGE_SIZE, IMAGE_TOKENS, PATCH, PROMPT_TOKENS, _cpu_name, build  # noqa: E402
 
 from perpo.models.tiny import build_processor  # noqa: E402
-from perpo.sampling.generation import generate  # noqa: E402
+from perpo.sampling.generation import generate, record_seed  # noqa: E402
 
 NEW_TOKENS = 12
 MODES = ("expand", "shared")
@@ -58,10 +60,17 @@ def make_prompts(processor, num_prompts: int, seed: int = 0):
     return texts, images
 
 
+SEED, STEP = 42, 0
+
+
 def run(model, processor, texts, images, n: int, mode: str):
-    torch.manual_seed(0)
+    # each prompt's N samples from its own seed, as the training step draws them
+    row_seeds = [record_seed(SEED, STEP, f"prompt-{i}") for i in range(len(texts))]
     t = time.perf_counter()
-    out = generate(model, processor, texts, images, num_return_sequences=n, max_new_tokens=NEW_TOKENS, prefill=mode)
+    out = generate(
+        model, processor, texts, images, num_return_sequences=n, max_new_tokens=NEW_TOKENS, prefill=mode,
+        temperature=1.0, top_p=1.0, row_seeds=row_seeds,
+    )  # fmt: skip
     return time.perf_counter() - t, out
 
 
@@ -109,12 +118,13 @@ def main() -> None:
         f"- model: tiny LLaVA, {params / 1e6:.1f} M parameters (CLIP {IMAGE_SIZE} px / patch {PATCH}, "
         "Llama hidden 256 x 4 layers), fp32, attention `sdpa`, eval mode (as generate runs it)",
         f"- shape: B = {b} prompts per generate call of P = {IMAGE_TOKENS} image + {PROMPT_TOKENS} prompt = {p} "
-        f"tokens, {NEW_TOKENS} new tokens max, sampling (temperature 1, top_p 1), same seed for both modes; "
-        f"median of {args.repeats} interleaved calls after one warm-up",
+        f"tokens, {NEW_TOKENS} new tokens max, sampling (temperature 1, top_p 1) with the training step's seeded "
+        f"sampler (`generate(row_seeds=[record_seed({SEED}, {STEP}, id)])`, one seed per prompt), the same seeds "
+        f"for both modes; median of {args.repeats} interleaved calls after one warm-up",
         "- prefill tokens/prompt = prompt tokens the language model runs per prompt before the first new "
         "token (expand N*P; shared P-1 once + the last prompt token on each of the N rows); the vision "
         "tower encodes each image once in both modes (transformers 5 pre-encodes images before expanding)",
-        "- same samples: expand and shared returned identical token ids for the seed; mean len: mean "
+        "- same samples: expand and shared returned identical token ids for the seeds; mean len: mean "
         "answer length in tokens (EOS included)",
         *([f"- note: {args.note}"] if args.note else []),
         "",

@@ -149,6 +149,9 @@ def degenerate_lists(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 LOSSES = {"perpo": perpo_loss, "lipo": lipo_loss, "lipo_lambda": lipo_lambda_loss, "dpo": dpo_loss}
+#: the ``loss=`` names :func:`list_loss` accepts (LiPO-lambda is ``loss=perpo margin=lambda``);
+#: perpo.config.LIST_LOSSES repeats them so that validation needs no torch (tests/test_step.py compares)
+LIST_LOSSES = ("perpo", "dpo", "lipo")
 
 
 def list_loss(loss: str, *, beta: float, gamma: float | None, margin: str = "power") -> Callable:
@@ -161,4 +164,4 @@ def list_loss(loss: str, *, beta: float, gamma: float | None, margin: str = "pow
         return partial(lipo_loss, beta=beta)
     if loss == "dpo":
         return partial(dpo_loss, beta=beta)
-    raise ValueError(f"loss={loss!r} is not a list loss; choose one of perpo, dpo, lipo")
+    raise ValueError(f"loss={loss!r} is not a list loss; choose one of {', '.join(LIST_LOSSES)}")

@@ -24,6 +24,9 @@ from pathlib import Path
 import pytest
 from subprocess_runs import REPO, WARM_START, run_script, script_cmd, script_env
 
+# Two-process runs: about 6 of the suite's 11 minutes. `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def _has(module: str) -> bool:
     import importlib.util

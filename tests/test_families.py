@@ -84,15 +84,12 @@ def _prefixes(name, processor, task, records):
 
 
 def _model_inputs(batch, processor):
-    """The batch's model inputs; xfail while perpo.listbatch.naive drops the processor's per-token type ids."""
+    """The batch's model inputs, which must carry the processor's per-token type ids (Qwen-VL
+    ``mm_token_type_ids``, Gemma 3 ``token_type_ids``)."""
     inputs = batch.model_inputs()
     needed = {"mm_token_type_ids", "token_type_ids"} & set(getattr(processor, "model_input_names", []))
     missing = sorted(k for k in needed if k not in inputs)
-    if missing:
-        pytest.xfail(
-            f"perpo.listbatch.naive does not carry {missing} (and indexes Qwen's patch-major pixel_values per "
-            "record): needs the batching change of issue 3"
-        )
+    assert not missing, f"perpo.listbatch.naive dropped {missing}"
     return inputs
 
 
@@ -196,10 +193,7 @@ def test_padded_batch_scores_equal_one_by_one(loaded, task, grounding_records):
     tok, family = processor.tokenizer, _family(name, processor)
     wide = dict(grounding_records[1], image=grounding_records[1]["image"].resize((64, 32)), width=64, height=32)
     records = [grounding_records[0], wide]
-    try:
-        prefixes = _prefixes(name, processor, task, records)
-    except RuntimeError as err:  # torch.cat of [1, 5, ...] and [1, 3, ...] crops
-        pytest.xfail(f"perpo.listbatch.naive cannot stack images with different crop counts ({err}): issue 3 batching change")
+    prefixes = _prefixes(name, processor, task, records)  # images with different crop counts stack (zero-padded)
     answers = [
         answer_ids(tok, [family.answer_text(r, task), "[0.1, 0.2, 0.3, 0.4] and more", "no"]) for r in records
     ]
@@ -409,7 +403,7 @@ def test_export_policy_loads_with_plain_transformers(name, merge, saved, tmp_pat
 
 
 def test_param_groups_keep_every_lora_trainable_parameter(loaded):
-    """perpo.training.module.param_groups (vision frozen) must not freeze or drop adapter / projector weights."""
+    """perpo.models.parts.param_groups (vision frozen) must not freeze or drop adapter / projector weights."""
     from perpo.models.lora import apply_lora
     from perpo.models.parts import param_groups
 
@@ -419,12 +413,7 @@ def test_param_groups_keep_every_lora_trainable_parameter(loaded):
     groups = param_groups(policy, lr=1e-3, vision_lr=0)
     grouped = {id(p) for g in groups for p in g["params"]}
     lost = sorted(n for n, p in policy.named_parameters() if n in trainable and (id(p) not in grouped or not p.requires_grad))
-    if lost and all("deepstack_merger" in n for n in lost):
-        pytest.xfail(
-            "perpo.training.module.param_groups counts Qwen3-VL's visual.deepstack_merger_list (a projector) as vision "
-            "tower and freezes it: add it to PROJECTOR_KEYS (issue 3)"
-        )
-    assert not lost, lost[:5]
+    assert not lost, lost[:5]  # Qwen3-VL's visual.deepstack_merger_list is a projector (PROJECTOR_NAMES)
 
 
 def test_shared_prefix_scoring_equals_naive_or_falls_back(loaded, task, grounding_records):

@@ -8,7 +8,7 @@ exactly as a hub id or a local checkpoint would be.
 The tokenizer is character-level, except that each task instruction and each chat-template
 phrase is one token: the paper's grounding prompt ("Please provide the bounding box
 coordinate of the region this sentence describes: ...") then costs one token instead of 85.
-On a 2-core CPU the step time is dominated by sequence length (CALIBRATION.md), so this keeps
+On a 2-core CPU the step time grows with the sequence length, so this keeps
 the exact prompt text at almost no cost.
 """
 
