@@ -44,7 +44,7 @@ Layouts (column roles, defaults in parentheses)
         default the folder of ``path``, or absolute), ``question`` (question), ``answer``
         (answer: the ground truth, ``"[x1, y1, x2, y2]"`` normalized with 2 decimals for
         grounding), ``answers`` (answers_gen: N sampled answers, kept in the given order: the
-        loss sorts), ``rewards`` (iou_scores: N rewards, clipped to [0, 1] as float32).
+        loss compares pairs, in any order), ``rewards`` (iou_scores: N rewards, clipped to [0, 1] as float32).
         ``parsed[i]`` is whether answer i parses with box format option ``box_format``
         (norm2; counting: a number; ocr: non-empty). The prompt is the question without
         ``<image>`` and without option ``instruction_prefix`` (the paper's grounding
