@@ -376,6 +376,9 @@ def test_sample_py_with_the_vllm_engine_against_a_stand_in(sampled):
     for prompt, params in requests:
         assert prompt.count("<image>") == 1
         assert params["n"] == 4 and params["stop_token_ids"] == [tok.eos_token_id]
+        # the image placeholder can never be sampled (it would break the scoring forward)
+        assert tok.convert_tokens_to_ids("<image>") not in params["allowed_token_ids"]
+        assert tok.eos_token_id in params["allowed_token_ids"]
         assert params["temperature"] == 1.0 and params["top_p"] == 1.0
     seeds = {params["seed"] for _, params in requests}
     assert record_seed(42, 0, rows[0]["id"]) % 2**31 in seeds  # each record's own seed

