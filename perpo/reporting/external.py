@@ -40,7 +40,6 @@ import csv
 import decimal
 import importlib.util
 import json
-import logging
 import os
 import re
 import sys
@@ -67,8 +66,6 @@ __all__ = [
     "write_vlmeval_table",
     "main",
 ]
-
-log = logging.getLogger(__name__)
 
 # The upstream code the fallback copy below follows (read at this commit).
 LMMS_EVAL_UPSTREAM = (
