@@ -133,7 +133,7 @@ def test_task_instructions_fixed_phrases_are_one_token(processor):
     from omegaconf import OmegaConf
 
     tok = processor.tokenizer
-    assert {p.stem for p in TASK_CONFIGS} >= {"grounding", "ocr", "counting"}
+    assert {p.stem for p in TASK_CONFIGS} >= {"grounding", "ocr", "counting", "existence"}
     for path in TASK_CONFIGS:
         instruction = OmegaConf.load(path).task.instruction
         text = instruction.format(prompt="x")
@@ -152,6 +152,27 @@ def test_task_instructions_fixed_phrases_are_one_token(processor):
     grounding = OmegaConf.load(ROOT / "conf/task/grounding.yaml").task.instruction.format(prompt="x")
     assert len(_ids(processor, grounding)) == 3  # phrase, " ", "x"
     assert len(grounding) == 83  # ~28x fewer tokens than characters
+
+
+def test_late_phrases_keep_every_earlier_token_and_weight():
+    """The existence probe's phrases were added after the other tasks': every earlier token keeps
+    its id and the tiny model its weights (the late phrases only append embedding rows)."""
+    import torch
+
+    from perpo.models.tiny import LATE_PHRASES, PHRASES, SPECIALS, UNK, build_model, build_tokenizer, char_level_tokenizer
+
+    new = build_tokenizer()
+    old = char_level_tokenizer(SPECIALS, PHRASES, unk=UNK, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    assert old.get_vocab().items() <= new.get_vocab().items()
+    assert [new.convert_tokens_to_ids(p) for p in LATE_PHRASES] == list(range(len(old), len(old) + len(LATE_PHRASES)))
+    for text in ("How many circles are there in the image?", "What is the text in the image?", "[0.12, 0.34, 0.56, 0.78]"):
+        assert new(text)["input_ids"] == old(text)["input_ids"], text
+    before, after = build_model(old, seed=3).state_dict(), build_model(new, seed=3).state_dict()
+    assert before.keys() == after.keys()
+    for name, weight in before.items():
+        assert torch.equal(weight, after[name][: weight.shape[0]]), name
+        if weight.shape != after[name].shape:  # the embedding and the LM head: two rows more
+            assert after[name].shape[0] == weight.shape[0] + len(LATE_PHRASES)
 
 
 def test_tokenizer_round_trips_text(processor):

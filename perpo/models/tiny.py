@@ -35,6 +35,15 @@ PHRASES = [
     "are there in the image?",
 ]
 
+# Phrases added after the first tasks (the existence probe's "Is there {prompt} in the image?"):
+# their ids come after every character, and build_model builds the model at the vocabulary
+# without them before appending their embedding rows, so the weights of every earlier token --
+# and the model the earlier tasks train -- stay exactly as they were.
+LATE_PHRASES = [
+    "Is there",
+    "in the image?",
+]
+
 CHARS = string.ascii_letters + string.digits + string.punctuation + " \n"
 
 # LLaVA-1.5's conversation layout: "USER: <image>\n{text} ASSISTANT: {answer}</s>".
@@ -51,17 +60,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def char_level_tokenizer(specials, phrases=(), *, unk: str, **fast_kwargs):
-    """A fast tokenizer with one token per special token, per phrase and per character (in that
-    vocabulary order), for tiny models built offline: the embedded default and the test families.
-    ``fast_kwargs`` go to ``PreTrainedTokenizerFast``."""
+def char_level_tokenizer(specials, phrases=(), *, unk: str, late_phrases=(), **fast_kwargs):
+    """A fast tokenizer with one token per special token, per phrase, per character and per late
+    phrase (in that vocabulary order), for tiny models built offline: the embedded default and
+    the test families. ``fast_kwargs`` go to ``PreTrainedTokenizerFast``."""
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(specials)}
-    for piece in [*phrases, *CHARS]:
+    for piece in [*phrases, *CHARS, *late_phrases]:
         vocab.setdefault(piece, len(vocab))
     # Split into phrases (longest first) or single characters, keeping every piece.
-    alternatives = "".join(_regex_escape(p) + "|" for p in sorted(phrases, key=len, reverse=True))
+    every = [*phrases, *late_phrases]
+    alternatives = "".join(_regex_escape(p) + "|" for p in sorted(every, key=len, reverse=True))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{alternatives}[\\s\\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()  # concatenate pieces back without separators
@@ -74,6 +84,7 @@ def build_tokenizer():
         SPECIALS,
         PHRASES,
         unk=UNK,
+        late_phrases=LATE_PHRASES,
         pad_token=PAD,
         bos_token=BOS,
         eos_token=EOS,
@@ -134,8 +145,10 @@ def build_model(
         patch_size=patch_size,
         projection_dim=vision_hidden,
     )
+    vocab = tokenizer.get_vocab()
+    late = [p for p in LATE_PHRASES if p in vocab]
     text = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) - len(late),  # the late phrases' rows are appended below
         hidden_size=text_hidden,
         intermediate_size=2 * text_hidden,
         num_hidden_layers=text_layers,
@@ -158,6 +171,8 @@ def build_model(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    if late:  # after every other weight is drawn: those stay what they were without the late phrases
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
