@@ -165,3 +165,43 @@ def parse_box(completion: str, record: Mapping, box_format: str = "norm2", box_f
     if not isinstance(completion, str):
         return None
     return read_box(completion, record, fmt, box_frame)
+
+
+# -- yes / no (the existence probe) --------------------------------------------------------------
+
+_WORD_RE = re.compile(r"[a-z]+")
+
+
+def _first_sentence(text: str) -> str:
+    # POPE's evaluate.py: "Only keep the first sentence" (text up to the first '.')
+    return text.split(".", 1)[0]
+
+
+def pope_yes_no(text: str) -> str:
+    """POPE's own reading of an answer, exactly (Li et al. 2023, RUCAIBox/POPE ``evaluate.py``;
+    LLaVA's ``eval_pope.py`` and others copy it): keep the text before the first ``.``, drop the
+    commas, split on single spaces; ``"no"`` when a word is ``No``, ``no`` or ``not`` (case as
+    written), else ``"yes"`` -- every answer is read, an empty or garbled one as yes."""
+    if not isinstance(text, str):
+        text = ""
+    words = _first_sentence(text).replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def parse_yes_no(text: str) -> str | None:
+    """The yes / no an answer states, or ``None`` when it states neither.
+
+    POPE's rule (:func:`pope_yes_no`) with two differences, so it is NOT POPE's reading and the
+    metrics built on it are named apart from POPE's: the words of the first sentence are read
+    in any case and without punctuation (``"NO!"`` and ``"Not."`` read no; POPE reads them
+    yes), and an answer holding neither ``yes`` nor ``no`` / ``not`` is unparsed (``None``), not
+    yes. As in POPE, ``no`` / ``not`` win over ``yes`` (``"yes, no doubt"`` reads no).
+    """
+    if not isinstance(text, str):
+        return None
+    words = set(_WORD_RE.findall(_first_sentence(text).lower()))
+    if words & {"no", "not"}:
+        return "no"
+    if "yes" in words:
+        return "yes"
+    return None

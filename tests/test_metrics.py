@@ -315,3 +315,69 @@ def test_ocr_compute_sums_before_dividing():
     _fake_two_ranks(m.main, [getattr(other.main, name) for name in other.main._defaults])
     out = m.compute()
     assert out["edit_distance"] == pytest.approx(3 / 22) and out["scored_rate"] == pytest.approx(1 / 2)
+
+
+# -- existence (POPE-style probe) ------------------------------------------------------------------
+
+
+def test_existence_hand_values_ours_and_popes():
+    m = TaskMetrics("existence")
+    # truths yes, no, no, yes; "maybe" states neither (ours: unparsed, wrong; POPE: yes)
+    m.update(["Yes.", "maybe", "No", "NOT there"], [{"target": t} for t in ("yes", "no", "no", "yes")])
+    values = m.compute()
+    assert values["accuracy"] == pytest.approx(2 / 4)
+    assert values["yes_rate"] == pytest.approx(1 / 4)
+    assert values["parse_rate"] == pytest.approx(3 / 4)
+    # POPE reads "maybe" and "NOT there" (not the word "not") as yes: TP 2, FP 1, TN 1, FN 0
+    assert values["pope_accuracy"] == pytest.approx(3 / 4)
+    assert values["pope_yes_ratio"] == pytest.approx(3 / 4)
+    assert values["pope_f1"] == pytest.approx(2 * (2 / 3) * 1.0 / (2 / 3 + 1.0))
+
+
+def test_existence_rejects_a_target_that_is_not_yes_or_no():
+    with pytest.raises(ValueError, match="'yes' or 'no'"):
+        TaskMetrics("existence").update(["yes"], [{"target": "maybe"}])
+
+
+# -- per-item scores ---------------------------------------------------------------------------------
+
+
+ITEM_CASES = {
+    "grounding": (["[0.00, 0.00, 0.50, 0.50]", "[0.25, 0.00, 0.75, 0.50]", "no idea"], [box_rec([0, 0, 0.5, 0.5])] * 3, [1.0, 1 / 3, 0.0]),
+    "ocr": (["hello", "hellp", ""], [{"target": "hello"}] * 3, [1.0, 0.8, 0.0]),
+    "counting": (["3", "four", "many"], [{"target": 3}, {"target": 5}, {"target": 2}], [1.0, 0.0, 0.0]),
+    "existence": (["yes", "No.", "hmm"], [{"target": "yes"}, {"target": "yes"}, {"target": "no"}], [1.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("task", sorted(ITEM_CASES))
+def test_item_scores_hand_values_and_their_mean_is_the_metric(task):
+    from perpo.evaluation.metrics import ITEM_SCORES
+
+    completions, records, expected = ITEM_CASES[task]
+    m = TaskMetrics(task, wordnet=None)
+    scores = m.item_scores(completions, records)
+    assert scores == pytest.approx(expected)
+    m.update(completions, records)
+    values = m.compute()
+    mean = sum(scores) / len(scores)
+    name = ITEM_SCORES[task][1]
+    assert (1 - values["reward_edit_distance"] if task == "ocr" else values[name]) == pytest.approx(mean)
+    if task == "grounding":
+        assert values["acc@0.5"] == pytest.approx(sum(s >= 0.5 for s in scores) / len(scores))
+
+
+def test_prediction_rows_carry_the_item_score_and_keep_their_keys():
+    from perpo.evaluation.loop import prediction_row
+    from perpo.prompting import ChatFamily, TaskSpec
+
+    family = ChatFamily(None, "norm2")
+    rec = {"id": "g1", **box_rec([0, 0, 0.5, 0.5])}
+    row = prediction_row(rec, "[0.25, 0.00, 0.75, 0.50]", TaskSpec("grounding", "{prompt}", 32), family)
+    assert set(row) == {"id", "prediction", "score", "box", "box_pixels", "width", "height"}
+    assert row["score"] == pytest.approx(1 / 3)
+    row = prediction_row({"id": "c1", "target": 3}, "3", TaskSpec("counting", "{prompt}", 4), family)
+    assert row == {"id": "c1", "prediction": "3", "score": 1.0}
+    row = prediction_row({"id": "e1", "target": "no"}, "yes", TaskSpec("existence", "{prompt}", 4), family)
+    assert row == {"id": "e1", "prediction": "yes", "score": 0.0}
+    assert prediction_row({"id": "c1", "target": 3}, "3", TaskSpec("counting", "{prompt}", 4), family, 0.25)["score"] == 0.25

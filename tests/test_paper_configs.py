@@ -276,3 +276,23 @@ def test_sweep_cli_prints_the_sweep_without_running():
 def test_sweep_scripts_parse(script):
     proc = subprocess.run(["bash", "-n", str(SWEEPS / script)], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_demonstration_sweep_composes_and_validates():
+    """sweeps/demonstration.sh: SFT / DPO / PerPO x 5 seeds per task with per-item predictions, and
+    PerPO / DPO on blank images; each task takes its own reward."""
+    jobs = sweep_jobs("demonstration", "task=grounding,existence")
+    assert len(jobs) == 2 * 3 * 5
+    seen = set()
+    for job in jobs:
+        cfg = compose_sweep("demonstration", *job)
+        validate(cfg)
+        assert cfg.eval.predictions is True and cfg.save_model is False and cfg.model.name == "tiny"
+        assert cfg.reward.name == {"grounding": "iou", "existence": "yes_no"}[cfg.task.name]
+        seen.add((cfg.task.name, cfg.loss.name, cfg.seed))
+    assert len(seen) == 30
+    blank = sweep_jobs("demonstration", "loss=perpo,dpo", "data.blank_image=true")
+    assert len(blank) == 10 and all(compose_sweep("demonstration", *job).data.blank_image is True for job in blank)
+    binding = compose_sweep("demonstration", "experiment=binding")
+    validate(binding)
+    assert binding.task.generator.binding is True and list(binding.task.generator.num_shapes) == [3, 4]

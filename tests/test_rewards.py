@@ -268,6 +268,44 @@ def test_count_rewards_read_counts_as_the_metric_does():
     assert count("two hundred", {"target": 100}) == 0.0  # error 100 of 100
 
 
+# -- yes / no (existence probe) ----------------------------------------------------------------
+
+YES_NO_CASES = [
+    ("yes", "yes"), ("Yes.", "yes"), ("YES!", "yes"), ("yes, there is", "yes"),
+    ("no", "no"), ("No.", "no"), ("NO", "no"), ("Not at all", "no"), ("there is not", "no"),
+    ("yes, no doubt", "no"),  # POPE: no / not win over yes
+    ("There is a red circle. No square.", None),  # only the first sentence is read (POPE)
+    ("maybe", None), ("", None), ("yesterday", None), ("nothing", None), ("[0.1, 0.2]", None),
+]
+
+
+@pytest.mark.parametrize("text, value", YES_NO_CASES)
+def test_parse_yes_no(text, value):
+    from perpo.answers import parse_yes_no
+
+    assert parse_yes_no(text) == value
+
+
+def test_pope_reading_is_popes_exactly():
+    """RUCAIBox/POPE evaluate.py: first sentence, commas dropped, split on ' ', no if the word
+    No / no / not is there (case as written), else yes -- unparseable answers read yes."""
+    from perpo.answers import pope_yes_no
+
+    assert [pope_yes_no(t) for t in ("No", "no, it is not", "Yes", "maybe", "", "NO", "No!", "Not.", "yes. no")] == [
+        "no", "no", "yes", "yes", "yes", "yes", "yes", "yes", "yes",
+    ]  # fmt: skip
+
+
+def test_yes_no_reward_hand_values():
+    fn = get_reward("yes_no")
+    assert REWARD_TASKS["yes_no"] == ("existence",)
+    assert rewards_for_task("existence") == ["yes_no"]
+    yes, no = {"target": "yes"}, {"target": "no"}
+    assert fn("Yes.", yes) == 1.0 and fn("no", yes) == 0.0
+    assert fn("No, there is not.", no) == 1.0 and fn("yes", no) == 0.0
+    assert fn("a red circle", yes) is None and fn("", no) is None and fn(None, no) is None  # type: ignore[arg-type]
+
+
 # -- robustness -------------------------------------------------------------------------------
 
 RECORDS = {
@@ -276,6 +314,7 @@ RECORDS = {
     "edit": {"target": "hello world", "width": 64, "height": 64},
     "count": {"target": 4, "width": 64, "height": 64},
     "count_exact": {"target": 4, "width": 64, "height": 64},
+    "yes_no": {"target": "no", "width": 64, "height": 64},
 }
 
 

@@ -352,3 +352,93 @@ def test_blank_images_keep_size_and_count_and_are_uniform():
     for before, after in zip(ds["image"], blank["image"]):
         assert after.size == before.size
         assert np.all(np.asarray(after.convert("RGB")) == np.array(BLANK_COLOUR, dtype=np.uint8))
+
+
+# --------------------------------------------------------------------------- attribute binding
+
+
+def _needs_binding(sample) -> bool:
+    """The image holds another shape of the target's colour and another of its shape."""
+    target = sample.objects[sample.target_index]
+    others = [o for i, o in enumerate(sample.objects) if i != sample.target_index]
+    same_colour = any(o["colour"] == target["colour"] and o["shape"] != target["shape"] for o in others)
+    same_shape = any(o["shape"] == target["shape"] and o["colour"] != target["colour"] for o in others)
+    return same_colour and same_shape
+
+
+def test_multishape_grounding_rarely_needs_binding_without_the_option():
+    # the multishape experiment's random pairs: colour or shape alone names the target in ~90%
+    samples = list(iter_samples("grounding", 300, seed=3, num_shapes=(2, 4)))
+    assert sum(map(_needs_binding, samples)) / len(samples) < 0.2
+
+
+def test_binding_option_every_image_needs_colour_and_shape_together():
+    samples = list(iter_samples("grounding", 300, seed=3, num_shapes=(3, 4), binding=True))
+    assert all(_needs_binding(s) for s in samples)
+    assert {len(s.objects) for s in samples} == {3, 4}
+    for s in samples:
+        target = s.objects[s.target_index]
+        assert s.prompt == f"the {target['colour']} {target['shape']}"
+        assert len({(o["colour"], o["shape"]) for o in s.objects}) == len(s.objects)  # pairs stay unique
+        assert s.target == [v / 64 for v in target["box"]]
+    assert len({s.target_index for s in samples}) == 4  # the target is not always drawn first
+    # records validate, and the default (binding off) draws what it drew before the option existed
+    ds = make_records("grounding", 5, seed=1, num_shapes=(3, 4), binding=True)
+    assert all(validate_record(r) is None for r in ds)
+    assert _raw_images(make_records("grounding", 20, seed=9)) == _raw_images(make_records("grounding", 20, seed=9, binding=False))
+
+
+def test_binding_needs_three_shapes():
+    with pytest.raises(ValueError, match="binding.*at least 3 shapes"):
+        make_records("grounding", 2, seed=0, num_shapes=(2, 4), binding=True)
+    with pytest.raises(ValueError, match="binding.*true or false"):
+        make_records("grounding", 2, seed=0, binding="yes")
+
+
+# --------------------------------------------------------------------------- existence (POPE-style)
+
+
+def test_existence_answers_match_the_drawn_shapes_and_absent_ones_are_plausible():
+    samples = list(iter_samples("existence", 400, seed=2))
+    records = make_records("existence", 400, seed=2)
+    assert [r["target"] for r in records] == [s.target for s in samples]
+    kinds = {None: 0, "binding": 0, "colour": 0, "shape": 0}
+    for s in samples:
+        article, colour, shape = re.fullmatch(r"(a|an) (\w+) (\w+)", s.prompt).groups()
+        assert article == ("an" if colour[0] in "aeiou" else "a")
+        pairs = {(o["colour"], o["shape"]) for o in s.objects}
+        colours, shapes = {c for c, _ in pairs}, {sh for _, sh in pairs}
+        assert s.target == ("yes" if (colour, shape) in pairs else "no")
+        assert 2 <= len(s.objects) <= 3
+        kinds[s.meta["absent"]] += 1
+        if s.target == "yes":
+            assert s.objects[s.target_index]["colour"] == colour and s.objects[s.target_index]["shape"] == shape
+            assert _colour_mask(s.image, PALETTE[colour]).any()
+            continue
+        # absent: never a random pair -- it shares the colour of one shape and, whenever two
+        # shapes allow it, the shape of another
+        assert colour in colours or shape in shapes
+        possible = any((c, sh) not in pairs for c in colours for sh in shapes)
+        assert (s.meta["absent"] == "binding") == possible
+        if possible:
+            assert colour in colours and shape in shapes
+    assert 0.4 < kinds[None] / len(samples) < 0.6  # half the questions are about absent objects
+    assert kinds["binding"] > 0.3 * len(samples)
+
+
+def test_existence_grid_layout_and_option_errors():
+    samples = list(iter_samples("existence", 50, seed=4, grid=4))
+    for s in samples:
+        cells = {(o["box"][0] // 16, o["box"][1] // 16) for o in s.objects}
+        assert len(cells) == len(s.objects)
+        assert all(o["box"][2] <= (o["box"][0] // 16 + 1) * 16 for o in s.objects)  # inside its cell
+    with pytest.raises(ValueError, match="at most 4 shapes"):
+        make_records("existence", 2, seed=0, grid=2, num_shapes=(2, 5))
+    with pytest.raises(ValueError, match="'binding'"):
+        make_records("existence", 2, seed=0, binding=True)
+
+
+def test_existence_record_validation():
+    rec = make_records("existence", 1, seed=0)[0]
+    assert validate_record(rec) is None
+    assert "yes' or 'no" in validate_record({**rec, "target": "maybe"})

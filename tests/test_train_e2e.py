@@ -452,7 +452,9 @@ def test_evaluate_writes_metrics_table_and_predictions(cache, first_run):
         assert report["metrics"][key] == pytest.approx(after[key]), key
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     # grounding: the box also in the original frame (box, box_pixels) for external tools
-    assert len(predictions) == 8 and all(set(p) == {"id", "prediction", "box", "box_pixels", "width", "height"} for p in predictions)
+    assert len(predictions) == 8 and all(set(p) == {"id", "prediction", "score", "box", "box_pixels", "width", "height"} for p in predictions)
+    # the per-item score is the item's IoU: its mean is the miou of eval.json
+    assert sum(p["score"] for p in predictions) / 8 == pytest.approx(report["metrics"]["miou"])
     table = (out / "eval.md").read_text()
     assert "| acc@0.5 |" in table and "split test (8 records)" in table
 
@@ -495,3 +497,23 @@ def test_ddp_sim_two_cpu_processes_train_and_rank_zero_writes(cache, first_run):
     assert results["config"]["trainer"]["devices"] == 2
     assert results["list_counters"]["lists_kept"] == 0
     assert not [p for p in run_dir.iterdir() if p.name.startswith((".results", ".model"))]
+
+
+def test_train_writes_per_item_scores_that_pair_for_the_bootstrap(cache, first_run):
+    """eval.predictions=true: predictions_before/after.jsonl, one scored row per test item (the
+    same ids), whose mean score is the run's miou; perpo.reporting.intervals reads them."""
+    from perpo.reporting.intervals import build_demonstration
+
+    run_dir = cache.parent / "run_predictions"
+    train(f"hydra.run.dir={run_dir}", "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.predictions=true", cache=cache)
+    results = read_results(run_dir)
+    ids = None
+    for name in ("before", "after"):
+        rows = [json.loads(line) for line in (run_dir / f"predictions_{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == 8 and ids in (None, [r["id"] for r in rows])
+        ids = [r["id"] for r in rows]
+        assert sum(r["score"] for r in rows) / 8 == pytest.approx(results[name]["miou"])
+        assert "predictions" not in results[name]
+    summary = build_demonstration([run_dir], n_boot=200)
+    assert summary["test_items"] == 8 and set(summary["intervals"]) == {"perpo-base"}
+    assert not (first_run[0] / "predictions_after.jsonl").exists()  # off by default

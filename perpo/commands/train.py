@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from perpo.atomic import write_json_atomic
+from perpo.atomic import write_json_atomic, write_text_atomic
 from perpo.commands.common import blank_where_asked, build_reward, build_splits, format_metrics, load_base
 from perpo.data.datamodule import RecordDataModule
 from perpo.data.stored_lists import ListsError, check_list_sizes, lists_meta, load_lists
@@ -74,6 +74,11 @@ def _stored_lists(cfg: DictConfig, base_path: Path):
     return lists
 
 
+def _write_predictions(path: Path, rows: list[dict]) -> None:
+    """predictions.jsonl rows (:func:`perpo.evaluation.loop.prediction_row`), written atomically."""
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     # before anything slow: a resume from a missing or damaged checkpoint fails in seconds
@@ -107,12 +112,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if reports:
         results["data_skipped"] = reports
 
+    keep = bool(cfg.eval.get("predictions"))  # predictions_{before,after}.jsonl: per-item scores
     before_file = out_dir / "before.json"
     if cfg.eval.before and ckpt and before_file.exists():  # resumed: the base was evaluated already
         results.update(json.loads(before_file.read_text()))
         log.info("resuming from %s; before (from %s): %s", ckpt, before_file.name, format_metrics(results["before"]))
     elif cfg.eval.before and is_rank_zero():  # other ranks (DDP children) go straight to training
-        results["before"] = evaluate(policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval before")
+        results["before"] = evaluate(
+            policy, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval before", return_predictions=keep,
+        )  # fmt: skip
+        if keep:
+            _write_predictions(out_dir / "predictions_before.jsonl", results["before"].pop("predictions"))
         if cfg.eval.image_check:
             results["before"].update(image_dependence(policy, processor, family, task, test, seed=int(cfg.seed)))
             results["base_uses_image"] = uses_image(results["before"])
@@ -163,7 +173,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trained = gather_full_policy(trainer, module, lambda: fresh_policy(cfg, base_path, splits))  # every rank takes part
     if cfg.eval.after and trainer.is_global_zero:
-        results["after"] = evaluate(trained, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after")
+        results["after"] = evaluate(
+            trained, processor, family, task, test, batch_size=cfg.eval.batch_size, desc="eval after", return_predictions=keep,
+        )  # fmt: skip
+        if keep:
+            _write_predictions(out_dir / "predictions_after.jsonl", results["after"].pop("predictions"))
         log.info("after: %s", format_metrics(results["after"]))
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     if not trainer.is_global_zero:  # multi-process: one writer, rank 0

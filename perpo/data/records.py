@@ -8,9 +8,10 @@ column type                                          meaning
 id     string                                        unique id
 task   string                                        one of :data:`TASKS`
 image  ``datasets.Image`` (PIL on access)            RGB image
-prompt string                                        referring expression / noun / ``""``
+prompt string                                        referring expression / noun / ``""`` /
+                                                     the object asked about
 target grounding: 4 x float32, ocr: string,          ground truth; boxes are normalized xyxy
-       counting: int32                               in [0, 1]
+       counting: int32, existence: "yes" / "no"      in [0, 1]
 width  int32                                         image width in pixels
 height int32                                         image height in pixels
 ====== ============================================= =========================================
@@ -24,7 +25,10 @@ from typing import Any, Mapping
 
 import datasets
 
-TASKS: tuple[str, ...] = ("grounding", "ocr", "counting")
+TASKS: tuple[str, ...] = ("grounding", "ocr", "counting", "existence")
+
+#: The answers of an ``existence`` record (a POPE-style probe: "Is there a red circle in the image?").
+YES_NO: tuple[str, str] = ("yes", "no")
 
 COLUMNS: tuple[str, ...] = ("id", "task", "image", "prompt", "target", "width", "height")
 
@@ -48,6 +52,7 @@ def features_for(task: str) -> datasets.Features:
         "grounding": _box_feature(),
         "ocr": datasets.Value("string"),
         "counting": datasets.Value("int32"),
+        "existence": datasets.Value("string"),
     }[task]
     return datasets.Features(
         {
@@ -115,7 +120,8 @@ def validate_record(record: Mapping[str, Any]) -> str | None:
     Checks: all columns present, known task, a non-empty image, positive width/height (and,
     for a decoded PIL image, that they match its size), a string prompt (non-empty except
     for OCR), and a task-specific target: 4 finite numbers in [0, 1] with x2 > x1 and
-    y2 > y1 (grounding), non-empty text (ocr), a non-negative integer (counting).
+    y2 > y1 (grounding), non-empty text (ocr), a non-negative integer (counting), ``"yes"`` or
+    ``"no"`` (existence).
     """
     if not isinstance(record, Mapping):
         return f"record is not a mapping but {type(record).__name__}"
@@ -153,6 +159,10 @@ def validate_record(record: Mapping[str, Any]) -> str | None:
             return f"ocr target is not a string: {target!r}"
         if not target.strip():
             return "empty ocr text"
+        return None
+    if task == "existence":
+        if target not in YES_NO:
+            return f"existence target must be 'yes' or 'no', got {target!r}"
         return None
     # counting
     if not _is_int(target):

@@ -1,4 +1,4 @@
-"""Deterministic synthetic grounding / OCR / counting tasks.
+"""Deterministic synthetic grounding / OCR / counting / existence tasks.
 
 Every image and record is a pure function of an integer seed (``numpy.random.default_rng``):
 the same seed and options give byte-identical images and identical records.
@@ -11,7 +11,12 @@ Tasks and their options (keyword only, defaults shown):
     bounding boxes never intersect (at least one background pixel between any two, so
     IoU = 0 < 0.1 and no shape hides part of another). One shape is the target:
     ``prompt = "the red circle"``, ``target`` = its tight drawn box, normalized xyxy with
-    exclusive x2/y2 (pixels 8..23 -> 8/64, 24/64).
+    exclusive x2/y2 (pixels 8..23 -> 8/64, 24/64). ``binding=True`` (needs ``num_shapes`` >= 3):
+    the expression needs attribute binding -- besides the target every image holds at least one
+    shape of the target's colour (another shape) and one of the target's shape (another colour),
+    "the red circle" among red squares and blue circles; the rest are random unique pairs.
+    With ``binding=False`` (the default) the pairs are drawn at random, so in most multi-shape
+    images the colour or the shape alone names the target.
 ``ocr`` -- ``image_size=64, num_words=(1, 1), word_len=(3, 5), alphabet="a..z", grid=0``
     Random words in white on black, PIL's embedded FreeType font (size 0.3 * image_size
     shrunk until the text fits with a 2-pixel margin): the largest size at which either one
@@ -30,6 +35,18 @@ max_distractors=3, grid=0``
     distractor (when possible) so that it is never blank. ``prompt`` = the plural noun
     (``"circles"``); ``target`` = the count. ``grid=g > 0``: each object in its own cell of a
     g x g layout (side 0.55-0.85 of a cell, random place inside it) instead of anywhere.
+
+``existence`` -- ``image_size=64, num_shapes=(2, 3), min_size=0.2, max_size=0.4, grid=0``
+    A POPE-style existence probe (Li et al. 2023): shapes as in ``grounding`` (unique colour /
+    shape pairs, never touching; ``grid=g > 0``: one per cell of a g x g layout), and a question
+    about one (colour, shape) pair: ``prompt = "a red circle"`` / ``"an orange square"`` (the
+    task instruction is "Is there {prompt} in the image?"), ``target = "yes"`` or ``"no"``. Each
+    question is about an absent pair with probability 1/2, and the absent pair is a plausible
+    distractor, never a random one: it shares its colour with one shape of the image and its
+    shape with another ("a red circle" beside a red square and a blue circle) whenever two such
+    shapes exist, else it shares the colour or the shape of one shape of the image.
+    ``Sample.meta["absent"]``: ``None`` (present) or ``"binding"`` / ``"colour"`` / ``"shape"``
+    (what the absent pair shares with the image).
 
 Ranges ``(lo, hi)`` are inclusive and drawn per image; a single int means ``(n, n)``.
 Unknown tasks or options raise ``ValueError`` naming them and listing the valid ones.
@@ -88,7 +105,7 @@ _PLACE_TRIES = 40
 _PLACE_RESTARTS = 200
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "grounding": {"image_size": 64, "num_shapes": (1, 3), "min_size": 0.2, "max_size": 0.5},
+    "grounding": {"image_size": 64, "num_shapes": (1, 3), "min_size": 0.2, "max_size": 0.5, "binding": False},
     "ocr": {
         "image_size": 64,
         "num_words": (1, 1),
@@ -97,6 +114,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "grid": 0,
     },
     "counting": {"image_size": 64, "count": (0, 5), "kinds": SHAPES, "max_distractors": 3, "grid": 0},
+    "existence": {"image_size": 64, "num_shapes": (2, 3), "min_size": 0.2, "max_size": 0.4, "grid": 0},
 }
 
 
@@ -158,7 +176,7 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"option 'image_size' must be an int >= 16, got {size!r}")
     opts["image_size"] = int(size)
 
-    if task in ("ocr", "counting"):
+    if task in ("ocr", "counting", "existence"):
         grid = opts["grid"]
         if not isinstance(grid, (int, np.integer)) or isinstance(grid, bool) or grid < 0 or (grid and size // grid < 8):
             raise ValueError(
@@ -167,7 +185,7 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
             )
         opts["grid"] = int(grid)
 
-    if task == "grounding":
+    if task in ("grounding", "existence"):
         opts["num_shapes"] = _range("num_shapes", opts["num_shapes"], lo_bound=1)
         if opts["num_shapes"][1] > len(PALETTE) * len(SHAPES):
             raise ValueError(
@@ -178,6 +196,20 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if not (0.0 < lo <= hi <= 1.0):
             raise ValueError(f"options need 0 < min_size <= max_size <= 1, got {lo!r}, {hi!r}")
         opts["min_size"], opts["max_size"] = lo, hi
+        if task == "grounding":
+            if not isinstance(opts["binding"], (bool, np.bool_)):
+                raise ValueError(f"option 'binding' must be true or false, got {opts['binding']!r}")
+            opts["binding"] = bool(opts["binding"])
+            if opts["binding"] and opts["num_shapes"][0] < 3:
+                raise ValueError(
+                    f"option 'binding' needs at least 3 shapes per image (the target, one of its colour, "
+                    f"one of its shape), got num_shapes {opts['num_shapes']!r}"
+                )
+        elif opts["grid"] and opts["num_shapes"][1] > opts["grid"] ** 2:
+            raise ValueError(
+                f"with option 'grid' = {opts['grid']} an image holds at most {opts['grid'] ** 2} shapes "
+                f"(one per cell), got num_shapes {opts['num_shapes']!r}"
+            )
     elif task == "ocr":
         opts["num_words"] = _range("num_words", opts["num_words"], lo_bound=1)
         opts["word_len"] = _range("word_len", opts["word_len"], lo_bound=1)
@@ -298,13 +330,34 @@ _COLOURS = tuple(PALETTE)
 _PAIRS = tuple((c, s) for c in _COLOURS for s in SHAPES)
 
 
+def _binding_pairs(rng: np.random.Generator, n: int) -> tuple[list[tuple[str, str]], int]:
+    """``n >= 3`` unique (colour, shape) pairs in random order and the target's index: the target,
+    one pair of its colour and another shape, one of its shape and another colour, the rest random."""
+    colour, shape = _PAIRS[int(rng.integers(0, len(_PAIRS)))]
+    other_shapes = [s for s in SHAPES if s != shape]
+    other_colours = [c for c in _COLOURS if c != colour]
+    chosen = [
+        (colour, shape),
+        (colour, other_shapes[int(rng.integers(0, len(other_shapes)))]),
+        (other_colours[int(rng.integers(0, len(other_colours)))], shape),
+    ]
+    rest = [p for p in _PAIRS if p not in chosen]
+    chosen += [rest[int(i)] for i in rng.choice(len(rest), size=n - 3, replace=False)]
+    order = [int(i) for i in rng.permutation(n)]
+    return [chosen[i] for i in order], order.index(0)
+
+
 def _grounding(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
     size = opts["image_size"]
     n = int(rng.integers(opts["num_shapes"][0], opts["num_shapes"][1] + 1))
-    pairs = [_PAIRS[i] for i in rng.choice(len(_PAIRS), size=n, replace=False)]
+    if opts["binding"]:
+        pairs, t = _binding_pairs(rng, n)
+    else:
+        pairs = [_PAIRS[i] for i in rng.choice(len(_PAIRS), size=n, replace=False)]
     boxes = _place(rng, n, size, opts["min_size"], opts["max_size"])
     image, objects = _draw_objects([p[1] for p in pairs], [p[0] for p in pairs], boxes, size)
-    t = int(rng.integers(0, n))
+    if not opts["binding"]:
+        t = int(rng.integers(0, n))
     obj = objects[t]
     target = [v / size for v in obj["box"]]
     return Sample(image, f"the {obj['colour']} {obj['shape']}", target, objects, target_index=t)
@@ -330,6 +383,45 @@ def _counting(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
         boxes = _place(rng, len(shapes), size, *_COUNT_OBJECT_SIZE)
     image, objects = _draw_objects(shapes, [colour_of[s] for s in shapes], boxes, size)
     return Sample(image, PLURALS[kind], k, objects, meta={"kind": kind, "colour": colour_of[kind]})
+
+
+def _article(colour: str) -> str:
+    return "an" if colour[0] in "aeiou" else "a"
+
+
+def _absent_pair(rng: np.random.Generator, pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], str]:
+    """A (colour, shape) pair not among ``pairs`` that a model which does not bind colour to shape
+    would think present, and what it shares with them: ``"binding"`` (its colour is one shape's and
+    its shape another's), else ``"colour"`` or ``"shape"`` (one attribute of one shape)."""
+    present = set(pairs)
+    colours, shapes = {c for c, _ in pairs}, {s for _, s in pairs}
+    binding = [(c, s) for c in _COLOURS for s in SHAPES if c in colours and s in shapes and (c, s) not in present]
+    if binding:
+        return binding[int(rng.integers(0, len(binding)))], "binding"
+    one = [(c, s) for c in _COLOURS for s in SHAPES if (c in colours) != (s in shapes) and (c, s) not in present]
+    pair = one[int(rng.integers(0, len(one)))]
+    return pair, "colour" if pair[0] in colours else "shape"
+
+
+def _existence(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
+    size = opts["image_size"]
+    n = int(rng.integers(opts["num_shapes"][0], opts["num_shapes"][1] + 1))
+    pairs = [_PAIRS[i] for i in rng.choice(len(_PAIRS), size=n, replace=False)]
+    if opts["grid"]:
+        boxes = _place_in_cells(rng, n, size, opts["grid"])
+    else:
+        boxes = _place(rng, n, size, opts["min_size"], opts["max_size"])
+    image, objects = _draw_objects([p[1] for p in pairs], [p[0] for p in pairs], boxes, size)
+    if rng.random() < 0.5:
+        t: int | None = int(rng.integers(0, n))
+        asked, absent = pairs[t], None
+    else:
+        t = None
+        asked, absent = _absent_pair(rng, pairs)
+    colour, shape = asked
+    prompt = f"{_article(colour)} {colour} {shape}"
+    meta = {"asked": asked, "absent": absent}
+    return Sample(image, prompt, "no" if absent else "yes", objects, target_index=t, meta=meta)
 
 
 @lru_cache(maxsize=128)
@@ -433,7 +525,7 @@ def _ocr_grid(rng: np.random.Generator, words: Sequence[str], size: int, grid: i
     return Sample(image, "", " ".join(words), lines=tuple(words), font_size=fsize, meta={"rows": tuple(rows)})
 
 
-_GENERATORS = {"grounding": _grounding, "ocr": _ocr, "counting": _counting}
+_GENERATORS = {"grounding": _grounding, "ocr": _ocr, "counting": _counting, "existence": _existence}
 
 
 # --------------------------------------------------------------------------- public API

@@ -38,12 +38,19 @@ def greedy_answers(
     return [decode(processor, row[0]) for row in out]
 
 
-def prediction_row(record, text: str, task: TaskSpec, family: ChatFamily) -> dict[str, Any]:
-    """One line of predictions.jsonl. For grounding, the box is also given in the original
-    image's frame, whatever the model's frame and format, so that external tools (lmms-eval,
-    pycocotools) can score it: ``box`` normalized xyxy in [0, 1], ``box_pixels`` in pixels of the
-    original image (None when the answer holds no box)."""
-    row: dict[str, Any] = {"id": record["id"], "prediction": text}
+def prediction_row(record, text: str, task: TaskSpec, family: ChatFamily, score: float | None = None) -> dict[str, Any]:
+    """One line of predictions.jsonl: ``id``, ``prediction`` (the answer text) and ``score``, the
+    item's own value of the task's metric as :meth:`TaskMetrics.item_scores` reads it (IoU for
+    grounding, 1 - edit distance for OCR, 1 / 0 for an exact count or the right yes / no), which
+    paired statistics over items (``perpo.reporting.intervals``) read; ``score`` is computed here
+    unless given. For grounding, the box is also given in the original image's frame, whatever the
+    model's frame and format, so that external tools (lmms-eval, pycocotools) can score it: ``box``
+    normalized xyxy in [0, 1], ``box_pixels`` in pixels of the original image (None when the answer
+    holds no box)."""
+    if score is None:
+        metrics = TaskMetrics(task.name, box_format=family.box_format_name, box_frame=family.box_frame, sync_on_compute=False)
+        score = metrics.item_scores([text], [record])[0]
+    row: dict[str, Any] = {"id": record["id"], "prediction": text, "score": float(score)}
     if task.name == "grounding":
         box = read_box(text, record, family.box_format, family.box_frame)
         w, h = record.get("width"), record.get("height")
@@ -72,7 +79,9 @@ def evaluate(
         for batch in _batches(records, batch_size):
             texts = greedy_answers(model, processor, family, task, batch)
             metrics.update(texts, batch)
-            predictions += [prediction_row(r, t, task, family) for r, t in zip(batch, texts)]
+            if return_predictions:
+                scores = metrics.item_scores(texts, batch)
+                predictions += [prediction_row(r, t, task, family, s) for r, t, s in zip(batch, texts, scores)]
             bar.update(len(batch))
     result: dict[str, Any] = metrics.compute()
     if return_predictions:

@@ -26,6 +26,21 @@ Metric names per task:
   negative number, :func:`perpo.answers.parse_count`) is wrong and has absolute error
   ``max(target, 1)`` (see :class:`CountingMetric`).
 
+- existence (the POPE-style probe): ``accuracy``, ``yes_rate`` (share of all answers read as
+  yes: above the share of true yes, 0.5 on the synthetic probe, the model says objects are
+  there that are not), ``parse_rate``, all with :func:`perpo.answers.parse_yes_no`, which is
+  NOT POPE's reading (an answer stating neither yes nor no is unparsed and wrong); beside them
+  POPE's own columns with POPE's own reading (:func:`perpo.answers.pope_yes_no`, RUCAIBox/POPE
+  ``evaluate.py``: every answer is read, as no when its first sentence has the word ``No`` /
+  ``no`` / ``not``, else as yes): ``pope_accuracy``, ``pope_f1`` (yes is the positive class),
+  ``pope_yes_ratio``. See :class:`ExistenceMetric`.
+
+Per item, :meth:`TaskMetrics.item_scores` gives the score whose mean is one of these values
+(:data:`ITEM_SCORES`): IoU (mean: ``miou``; ``>= 0.5``: ``acc@0.5``), 1 - the edit reward's
+distance (mean: 1 - ``reward_edit_distance``), exactness (mean: counting / existence
+``accuracy``). Paired statistics over items (``perpo.reporting.intervals``) read them from
+``predictions.jsonl``.
+
 Means over zero items (no item at all, or, for the Nougat columns, no page long enough) are
 ``nan``, beside ``scored_rate`` / the counts that say why.
 """
@@ -43,7 +58,7 @@ import torch
 import torchmetrics
 from nltk.stem.porter import PorterStemmer
 
-from perpo.answers import edit_distance, normalized_edit_distance, parse_box, parse_count
+from perpo.answers import edit_distance, normalized_edit_distance, parse_box, parse_count, parse_yes_no, pope_yes_no
 from perpo.boxes import box_iou
 
 __all__ = [
@@ -51,12 +66,23 @@ __all__ = [
     "GroundingMetric",
     "OCRMetric",
     "CountingMetric",
+    "ExistenceMetric",
+    "ITEM_SCORES",
     "find_wordnet",
     "nougat_page_metrics",
     "TaskMetrics",
 ]
 
-TASKS = ("grounding", "ocr", "counting")
+TASKS = ("grounding", "ocr", "counting", "existence")
+
+#: task -> (name of the per-item score, the metrics that are its mean over items): see
+#: :meth:`TaskMetrics.item_scores`. ``acc@0.5`` is the mean of ``iou >= 0.5``.
+ITEM_SCORES: dict[str, tuple[str, str]] = {
+    "grounding": ("iou", "miou"),
+    "ocr": ("edit_similarity", "1 - reward_edit_distance"),
+    "counting": ("exact", "accuracy"),
+    "existence": ("exact", "accuracy"),
+}
 
 # IoU values within this of the threshold count as hits (guards against float noise of boxes
 # parsed from decimal text, e.g. an IoU that is 0.5 on paper computing as 0.49999999999).
@@ -113,6 +139,11 @@ class GroundingMetric(_SumMetric):
         self.box_frame = box_frame
         self.threshold = threshold
         self._add_sums("hits", "iou_sum", "parsed", "total")
+
+    def item_score(self, completion: str, record: Mapping) -> float:
+        """The item's IoU (0 for an unparsed answer)."""
+        box = parse_box(completion, record, self.box_format, self.box_frame)
+        return 0.0 if box is None else box_iou(box, [float(v) for v in record["target"]])
 
     def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
         _check_lengths(completions, records)
@@ -246,6 +277,11 @@ class OCRMetric(_SumMetric):
             self.reward_edit_sum += normalized_edit_distance(pred, target)
             self.total += 1.0
 
+    def item_score(self, completion: str, record: Mapping) -> float:
+        """1 - the ``edit`` reward's normalized distance (every page, short ones too)."""
+        pred = completion if isinstance(completion, str) else ""
+        return 1.0 - normalized_edit_distance(pred, str(record["target"]))
+
     def compute(self) -> dict[str, float]:
         values = {key: _mean(getattr(self, f"{key}_sum"), self.scored) for key in self.value_names}
         values["scored_rate"] = _mean(self.scored, self.total)
@@ -281,11 +317,71 @@ class CountingMetric(_SumMetric):
             self.parsed += float(pred is not None)
             self.total += 1.0
 
+    def item_score(self, completion: str, record: Mapping) -> float:
+        """1.0 for the exact count, else 0.0 (unparsed: 0.0)."""
+        pred = parse_count(completion)
+        return float(pred is not None and pred == int(record["target"]))
+
     def compute(self) -> dict[str, float]:
         return {
             "accuracy": _mean(self.correct, self.total),
             "mae": _mean(self.abs_error_sum, self.total),
             "parse_rate": _mean(self.parsed, self.total),
+        }
+
+
+def _truth(record: Mapping) -> str:
+    target = str(record["target"]).strip().lower()
+    if target not in ("yes", "no"):
+        raise ValueError(f"an existence target is 'yes' or 'no', got {record['target']!r} (record {record.get('id', '?')})")
+    return target
+
+
+class ExistenceMetric(_SumMetric):
+    """The POPE-style existence probe: yes / no answers against ``record["target"]``.
+
+    Ours (:func:`perpo.answers.parse_yes_no`; an answer stating neither is unparsed, wrong, and
+    not a yes): ``accuracy``, ``yes_rate`` (answers read as yes / all answers), ``parse_rate``.
+    POPE's (:func:`perpo.answers.pope_yes_no`, exactly its ``evaluate.py``: every answer is read,
+    yes unless its first sentence holds the word No / no / not): ``pope_accuracy``, ``pope_f1``
+    (yes = positive; ``nan`` where POPE's formula divides by zero), ``pope_yes_ratio``.
+    Example: truths yes, no, no with answers "Yes.", "maybe", "No": accuracy 2/3, yes_rate 1/3,
+    parse_rate 2/3; POPE reads "maybe" as yes: pope_accuracy 2/3, pope_yes_ratio 2/3.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._add_sums("correct", "said_yes", "parsed", "total", "pope_tp", "pope_fp", "pope_tn", "pope_fn")
+
+    def item_score(self, completion: str, record: Mapping) -> float:
+        """1.0 when the stated yes / no is the true one, else 0.0 (unparsed: 0.0)."""
+        return float(parse_yes_no(completion) == _truth(record))
+
+    def update(self, completions: Sequence[str], records: Sequence[Mapping]) -> None:
+        _check_lengths(completions, records)
+        for completion, record in zip(completions, records):
+            truth = _truth(record)
+            ours, pope = parse_yes_no(completion), pope_yes_no(completion)
+            self.correct += float(ours == truth)
+            self.said_yes += float(ours == "yes")
+            self.parsed += float(ours is not None)
+            self.total += 1.0
+            state = {("yes", "yes"): "pope_tp", ("yes", "no"): "pope_fp", ("no", "no"): "pope_tn", ("no", "yes"): "pope_fn"}
+            name = state[(pope, truth)]
+            setattr(self, name, getattr(self, name) + 1.0)
+
+    def compute(self) -> dict[str, float]:
+        tp, fp, tn, fn = (float(getattr(self, f"pope_{k}")) for k in ("tp", "fp", "tn", "fn"))
+        precision = tp / (tp + fp) if tp + fp else math.nan
+        recall = tp / (tp + fn) if tp + fn else math.nan
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else math.nan
+        return {
+            "accuracy": _mean(self.correct, self.total),
+            "yes_rate": _mean(self.said_yes, self.total),
+            "parse_rate": _mean(self.parsed, self.total),
+            "pope_accuracy": _mean(torch.tensor(tp + tn), self.total),
+            "pope_f1": f1,
+            "pope_yes_ratio": _mean(torch.tensor(tp + fp), self.total),
         }
 
 
@@ -316,8 +412,10 @@ class TaskMetrics(torch.nn.Module):
             self.main: _SumMetric = GroundingMetric(box_format=box_format, box_frame=box_frame, **sync)
         elif task == "ocr":
             self.main = OCRMetric(wordnet=wordnet, **sync)
-        else:
+        elif task == "counting":
             self.main = CountingMetric(**sync)
+        else:
+            self.main = ExistenceMetric(**sync)
 
     @property
     def metrics(self) -> list[torchmetrics.Metric]:
@@ -330,6 +428,14 @@ class TaskMetrics(torch.nn.Module):
         _check_lengths(completions, records)
         if completions:
             self.main.update(completions, records)
+
+    def item_scores(self, completions: Sequence[str], records: Sequence[Mapping]) -> list[float]:
+        """One score per item, read as the metrics read it (states untouched): the IoU
+        (grounding), 1 - the edit reward's distance (OCR), 1.0 / 0.0 for an exact count or the
+        right yes / no (counting, existence). Their mean is :data:`ITEM_SCORES`' metric."""
+        completions, records = list(completions), list(records)
+        _check_lengths(completions, records)
+        return [float(self.main.item_score(c, r)) for c, r in zip(completions, records)]
 
     def compute(self) -> dict[str, float]:
         """The task's values over every process's items: the metric's states are summed over the

@@ -9,7 +9,7 @@ Each reward is registered with the tasks it supports (``REWARD_TASKS``), so conf
 reject e.g. an ``edit`` reward on a grounding dataset at start-up.
 """
 
-from perpo.rewards import counting, grounding, text  # noqa: F401  (each registers its rewards)
+from perpo.rewards import counting, existence, grounding, text  # noqa: F401  (each registers its rewards)
 from perpo.rewards.registry import REWARD_TASKS, REWARDS, RewardFn, get_reward, register_reward, rewards_for_task
 
 __all__ = ["REWARDS", "REWARD_TASKS", "RewardFn", "register_reward", "get_reward", "rewards_for_task"]
