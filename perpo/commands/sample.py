@@ -32,9 +32,19 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from perpo.data.records import COLUMNS
 from perpo.atomic import atomic_write, write_json_atomic
-from perpo.data.stored_lists import HIST_BINS, META, SUMMARY, ListsError, chunk_name, done_chunks, list_features, read_json, summarize
+from perpo.data.records import COLUMNS
+from perpo.data.stored_lists import (
+    HIST_BINS,
+    META,
+    SUMMARY,
+    ListsError,
+    chunk_name,
+    done_chunks,
+    list_features,
+    read_json,
+    summarize,
+)
 from perpo.rewards.scored_lists import decode_and_score, keep_mask
 
 log = logging.getLogger(__name__)
@@ -83,8 +93,8 @@ def sample_chunk(
 ) -> tuple[list[dict], dict]:
     """Sample, score and filter the lists of ``records``: (kept rows, this chunk's counts)."""
     from perpo.listbatch.naive import encode_prefixes
-    from perpo.sampling.generation import generate, record_seed
     from perpo.listbatch.packed import batch_logps, build_batch
+    from perpo.sampling.generation import generate, record_seed
 
     rows: list[dict] = []
     counts = {"records": 0, "kept": 0, "dropped": 0, "answers": 0, "unparsed": 0, "hist": [0] * HIST_BINS}
@@ -190,7 +200,12 @@ def run_sampling(cfg: DictConfig) -> dict:
     """What ``sample.py`` runs. Returns the summary over all chunks finished so far."""
     from tqdm.auto import tqdm
 
-    from perpo.commands.common import blank_where_asked, build_reward, build_splits, load_base
+    from perpo.commands.common import (
+        blank_where_asked,
+        build_reward,
+        build_splits,
+        load_base,
+    )
     from perpo.prompting import task_spec
     from perpo.training.runtime import device_for
     from perpo.training.warmstart import prepare_base
@@ -224,8 +239,8 @@ def run_sampling(cfg: DictConfig) -> dict:
         records = records_by_split[split]
         model.to(device_for(cfg)).eval()
         reward_fn = build_reward(cfg)
-        from perpo.training.reference import disable_dropout
         from perpo.listbatch.packed import resolve_layout
+        from perpo.training.reference import disable_dropout
 
         disable_dropout(model)
         layout = resolve_layout(cfg.get("scoring", "auto"), model, processor)

@@ -19,7 +19,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from perpo.atomic import write_json_atomic, write_text_atomic
-from perpo.commands.common import blank_where_asked, build_reward, build_splits, format_metrics, load_base
+from perpo.commands.common import (
+    blank_where_asked,
+    build_reward,
+    build_splits,
+    format_metrics,
+    load_base,
+)
 from perpo.data.datamodule import RecordDataModule
 from perpo.data.stored_lists import ListsError, check_list_sizes, lists_meta, load_lists
 from perpo.evaluation.loop import best_of_n, evaluate, image_dependence, uses_image
@@ -28,7 +34,12 @@ from perpo.models.lora import apply_lora_config, export_policy
 from perpo.prompting import task_spec
 from perpo.reporting.tables import print_table
 from perpo.training.callbacks import ListSamples, StepLog, StepProgressBar
-from perpo.training.checkpointing import checkpoint_callbacks, checkpoint_dir, checkpoint_trainer_kwargs, resume_path
+from perpo.training.checkpointing import (
+    checkpoint_callbacks,
+    checkpoint_dir,
+    checkpoint_trainer_kwargs,
+    resume_path,
+)
 from perpo.training.config import module_kwargs
 from perpo.training.module import PerPOModule
 from perpo.training.runtime import build_logger, device_for, is_rank_zero

@@ -13,11 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from perpo.boxes import read_box
+from perpo.evaluation.metrics import TaskMetrics
+from perpo.listbatch.logps import answer_logps
 from perpo.listbatch.naive import ground_truth_batch
 from perpo.prompting import ChatFamily, TaskSpec
-from perpo.evaluation.metrics import TaskMetrics
 from perpo.sampling.generation import decode, generate
-from perpo.listbatch.logps import answer_logps
 
 
 def _batches(records: Sequence, size: int):

@@ -19,22 +19,21 @@ from typing import Any, Callable, Mapping, Sequence
 import lightning as L
 import torch
 
-from perpo.losses import degenerate_lists, list_loss
-from perpo.listbatch.naive import encode_prefixes, ground_truth_batch
 from perpo.config import ALL_LOSSES
-from perpo.models.parts import freeze_vision_tower, param_groups
-from perpo.training.checkpointing import rng_states, set_rng_states
-from perpo.training.config import ListConfig, OptimConfig
 from perpo.data.datamodule import PAD
 from perpo.evaluation.loop import greedy_answers
-from perpo.prompting import ChatFamily, TaskSpec
-from perpo.rewards.scored_lists import decode_and_score, keep_mask
 from perpo.evaluation.metrics import TaskMetrics
-from perpo.rewards.scored_lists import read_stored_lists
-from perpo.training.reference import disable_dropout, make_reference
-from perpo.sampling.generation import generate, record_seed
 from perpo.listbatch.logps import answer_logps
+from perpo.listbatch.naive import encode_prefixes, ground_truth_batch
 from perpo.listbatch.packed import batch_logps, build_batch, resolve_layout
+from perpo.losses import degenerate_lists, list_loss
+from perpo.models.parts import freeze_vision_tower, param_groups
+from perpo.prompting import ChatFamily, TaskSpec
+from perpo.rewards.scored_lists import decode_and_score, keep_mask, read_stored_lists
+from perpo.sampling.generation import generate, record_seed
+from perpo.training.checkpointing import rng_states, set_rng_states
+from perpo.training.config import ListConfig, OptimConfig
+from perpo.training.reference import disable_dropout, make_reference
 from perpo.training.strategies import shards_parameters
 
 log = logging.getLogger(__name__)
