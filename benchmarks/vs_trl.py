@@ -343,7 +343,10 @@ def report(results: list[dict], args, elapsed: float) -> str:
          f"{args.micro_batch} pairs; the optimizer step is left out on both sides. DPOTrainer drives the LLaVA with "
          "images on CPU here; only `Trainer.train`'s loop is bypassed (its dataloader, optimizer and scheduler)."),
         ("- perpo = `encode_prefixes` + `build_batch(layout=shared)` + `batch_logps` (policy) + "
-         "`FrozenCopyReference.logps` + `list_loss` + backward (the scoring path of `PerPOModule.training_step`)"),
+         "`FrozenCopyReference.logps` + `list_loss` + backward (the scoring path of `PerPOModule.training_step`). "
+         "`perpo loss=dpo` is the pipeline's loss=dpo: it scores the whole list (P + N A tokens) and takes best vs "
+         "worst, so past small N it runs more tokens than trl's one pair (token bound < 1); `perpo dpo 2-answer` "
+         "packs only the best and worst answers (P + 2A): the like-for-like comparison with trl's pair"),
         (f"- ms/list: median of {args.repeats} interleaved rounds (order rotated) after 1 warm-up round; "
          f"where a list needs more than {args.timed_batches} micro-batches (marked ~), {args.timed_batches} are "
          "timed and scaled to the list's pairs (all micro-batches have one shape)"),
