@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ import pytest
 from perpo.boxes import get_box_format, write_box
 from perpo.evaluation.loop import prediction_row
 from perpo.evaluation.metrics import TaskMetrics
+from perpo.prompting import ChatFamily, TaskSpec
 from perpo.reporting import external
 from perpo.reporting.external import (
     box_text,
@@ -83,8 +83,8 @@ def _records_and_answers(family: str):
                 text = text[:a0] + text[b0:b1] + text[a1:b0] + text[a0:a1] + text[b1:]
         records.append(record)
         answers.append(f"The box is {text}.")
-    family_ns = SimpleNamespace(box_format=fmt, box_frame=frame)
-    rows = [prediction_row(r, t, SimpleNamespace(name="grounding"), family_ns) for r, t in zip(records, answers)]
+    chat = ChatFamily(None, fmt_name, box_frame=frame)  # answer conventions only: no processor needed
+    rows = [prediction_row(r, t, TaskSpec("grounding", "{prompt}", 32), chat) for r, t in zip(records, answers)]
     return records, answers, rows
 
 
