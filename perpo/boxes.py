@@ -325,11 +325,12 @@ def box_giou(a: Sequence[float], b: Sequence[float]) -> float:
 BOX_FRAMES = ("original", "padded_square", "resized")
 
 
-def _square_offsets(width, height) -> tuple[float, float, float]:
-    """(side, x offset, y offset) of the image pasted centred into its padded square, in pixels."""
+def _square_offsets(width, height) -> tuple[float, float, float, float, float]:
+    """(side, x offset, y offset, width, height) of the image pasted centred into its padded
+    square, in pixels."""
     w, h = _check_size(width, height)
     side = max(w, h)
-    return side, (side - w) / 2.0, (side - h) / 2.0
+    return side, (side - w) / 2.0, (side - h) / 2.0, w, h
 
 
 def _check_frame(frame: str) -> None:
@@ -344,8 +345,7 @@ def to_frame(box: Sequence[float], frame: str, width=None, height=None) -> Box:
     _check_frame(frame)
     if frame != "padded_square":
         return [float(v) for v in box]
-    side, dx, dy = _square_offsets(width, height)
-    w, h = side - 2 * dx, side - 2 * dy
+    side, dx, dy, w, h = _square_offsets(width, height)
     x1, y1, x2, y2 = box
     return [(x1 * w + dx) / side, (y1 * h + dy) / side, (x2 * w + dx) / side, (y2 * h + dy) / side]
 
@@ -356,8 +356,7 @@ def from_frame(box: Sequence[float], frame: str, width=None, height=None) -> Box
     _check_frame(frame)
     if frame != "padded_square":
         return [float(v) for v in box]
-    side, dx, dy = _square_offsets(width, height)
-    w, h = side - 2 * dx, side - 2 * dy
+    side, dx, dy, w, h = _square_offsets(width, height)
     x1, y1, x2, y2 = box
     return _canonical((x1 * side - dx) / w, (y1 * side - dy) / h, (x2 * side - dx) / w, (y2 * side - dy) / h)
 
