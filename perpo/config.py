@@ -6,6 +6,8 @@ warm start (trl-style: invalid combinations fail early).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from perpo.boxes import BOX_FRAMES
@@ -24,6 +26,22 @@ def validate(cfg: DictConfig) -> None:
     problems = list(_problems(cfg))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def other_task_configs(cfg: DictConfig, key: str) -> dict[str, DictConfig]:
+    """The ``task`` nodes of the task names listed under ``key`` (``warmstart.mix``,
+    ``eval.retention``), each read from its own ``conf/task/<name>.yaml`` (instruction, answer
+    length, generator options): tasks beside the configured one."""
+    names = list(OmegaConf.select(cfg, key) or [])
+    found: dict[str, DictConfig] = {}
+    for name in names:
+        if name == cfg.task.name or name in found:
+            raise ConfigError(f"{key}={names}: {name!r} is listed twice or is the main task (task={cfg.task.name})")
+        path = Path(cfg.paths.root) / "conf" / "task" / f"{name}.yaml"
+        if not path.exists():
+            raise ConfigError(f"{key}: no task config {path} for {name!r}; name files of conf/task/")
+        found[name] = OmegaConf.load(path).task
+    return found
 
 
 def _number(value) -> bool:

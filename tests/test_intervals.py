@@ -169,3 +169,61 @@ def test_read_predictions_needs_scores(tmp_path):
         read_predictions(path)
     path.write_text(json.dumps({"id": "a", "prediction": "x", "score": 0.5}) + "\n\n")
     assert read_predictions(path) == {"a": 0.5}
+
+
+def test_retention_tasks_become_cells_of_their_own(tmp_path):
+    """A run aligned on grounding with ``eval.retention=[existence]`` carries the existence probe's
+    before / after in results.json["retention"] and predictions_{before,after}.existence.jsonl:
+    the probe gets its own rows ("existence/accuracy", "existence/yes_rate") and intervals.
+    Fails before retention was read: the summary held grounding only."""
+    probe_ids = [f"existence-0-test-{i:06d}" for i in range(4)]
+    right = {"base": [1, 1, 0, 0], "sft": [1, 0, 0, 0], "perpo": [1, 1, 1, 0]}
+    for n, loss in enumerate(("sft", "perpo")):
+        folder = tmp_path / f"{n}-{loss}"
+        _write_run(folder, loss, 1)
+        run = json.loads((folder / "results.json").read_text())
+        run["retention"] = {
+            "existence": {
+                "before": {"accuracy": 0.5, "yes_rate": 0.5},
+                "after": {"accuracy": float(np.mean(right[loss])), "yes_rate": 0.75},
+            }
+        }
+        (folder / "results.json").write_text(json.dumps(run))
+        for when, method in (("before", "base"), ("after", loss)):
+            rows = [{"id": i, "prediction": "yes", "score": s} for i, s in zip(probe_ids, right[method])]
+            (folder / f"predictions_{when}.existence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = build_demonstration([tmp_path], n_boot=500)
+    assert summary["methods"]["base"]["existence/accuracy"] == [0.5]
+    assert summary["methods"]["perpo"]["existence/yes_rate"] == [0.75]
+    assert summary["test_items_per_task"] == {"existence": 4, "grounding": 6}
+    # perpo - sft on the probe, item by item: [0, 1, 1, 0] -> mean 0.5
+    assert summary["differences"]["perpo-sft"]["existence/accuracy"] == pytest.approx(0.5)
+    assert summary["differences"]["sft-base"]["existence/accuracy"] == pytest.approx(-0.25)
+
+
+def test_markdown_reads_each_claim_and_the_readme_section_is_replaced(tmp_path):
+    from perpo.reporting.intervals import README_END, README_START, demonstration_markdown, verdict
+
+    sweep = tmp_path / "sweep"
+    for n, (loss, seed) in enumerate((l, s) for s in (1, 2) for l in ("sft", "dpo", "perpo")):
+        _write_run(sweep / f"{n}-{loss}-{seed}", loss, seed)
+    summary = build_demonstration([sweep], n_boot=500)
+    text = demonstration_markdown(summary)
+    # methods: mean ± sd over the 2 seeds; perpo's mIoU: 3.3/6 + 0.01 * seed -> 0.565 ± 0.007
+    assert "| perpo | 0.833 ± 0.000 | 0.565 ± 0.007 |" in text
+    lo, hi = summary["intervals"]["perpo-sft"]["grounding/miou"]
+    assert f"| 1. (mIoU) PerPO > SFT | `perpo-sft` grounding/miou | +0.183 | [{lo:+.3f}, {hi:+.3f}] | A > B |" in text
+    assert "kept: counting" not in text  # not measured: no row
+    assert (verdict(0.01, 0.2), verdict(-0.2, -0.01), verdict(-0.1, 0.1)) == ("A > B", "A < B", "level (holds 0)")
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# perpo\n\n## Results\n{README_START}\nold numbers\n{README_END}\n\nmore\n")
+    out = tmp_path / "demonstration.json"
+    main([str(sweep), "--out", str(out), "--resamples", "500", "--readme", str(readme), "--markdown", str(tmp_path / "d.md")])
+    new = readme.read_text()
+    assert "old numbers" not in new and new.startswith("# perpo\n\n## Results\n") and new.endswith(f"{README_END}\n\nmore\n")
+    assert demonstration_markdown(json.loads(out.read_text())).strip() in new
+    assert (tmp_path / "d.md").read_text().startswith("# The demonstration, measured")
+    readme.write_text("# no section\n")
+    with pytest.raises(ValueError, match="no generated section"):
+        main([str(sweep), "--out", str(out), "--resamples", "50", "--readme", str(readme)])

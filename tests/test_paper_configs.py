@@ -279,20 +279,27 @@ def test_sweep_scripts_parse(script):
 
 
 def test_demonstration_sweep_composes_and_validates():
-    """sweeps/demonstration.sh: SFT / DPO / PerPO x 5 seeds per task with per-item predictions, and
-    PerPO / DPO on blank images; each task takes its own reward."""
-    jobs = sweep_jobs("demonstration", "task=grounding,existence")
-    assert len(jobs) == 2 * 3 * 5
+    """sweeps/demonstration.sh: SFT / DPO / PerPO x 5 seeds on binding grounding from the committed
+    multi-task base, each with per-item predictions and every other task measured (eval.retention);
+    PerPO / DPO also on blank images."""
+    jobs = sweep_jobs("demonstration")
+    assert len(jobs) == 3 * 5
     seen = set()
     for job in jobs:
         cfg = compose_sweep("demonstration", *job)
         validate(cfg)
         assert cfg.eval.predictions is True and cfg.save_model is False and cfg.model.name == "tiny"
-        assert cfg.reward.name == {"grounding": "iou", "existence": "yes_no"}[cfg.task.name]
-        seen.add((cfg.task.name, cfg.loss.name, cfg.seed))
-    assert len(seen) == 30
+        assert cfg.model.path.endswith("assets/tiny_multitask_base") and cfg.warmstart.enabled is False
+        assert list(cfg.eval.retention) == ["counting", "ocr", "existence"] and cfg.data.sizes.test >= 1000
+        gen = cfg.task.generator
+        assert cfg.task.name == "grounding" and gen.binding is True and gen.grid == 4 and list(gen.num_shapes) == [3, 4]
+        seen.add((cfg.loss.name, cfg.seed))
+    assert len(seen) == 15
     blank = sweep_jobs("demonstration", "loss=perpo,dpo", "data.blank_image=true")
     assert len(blank) == 10 and all(compose_sweep("demonstration", *job).data.blank_image is True for job in blank)
-    binding = compose_sweep("demonstration", "experiment=binding")
-    validate(binding)
-    assert binding.task.generator.binding is True and list(binding.task.generator.num_shapes) == [3, 4]
+    # the base's own experiment: the same task and test items, the warm start on four tasks to a plateau
+    base = compose_sweep("demonstration", "experiment=multitask_base")
+    validate(base)
+    assert list(base.warmstart.mix) == ["counting", "ocr", "existence"] and base.warmstart.patience > 0
+    assert base.warmstart.stop_at.value is None and base.task.generator == cfg.task.generator
+    assert base.data.sizes.test == cfg.data.sizes.test and base.data.seed == cfg.data.seed

@@ -505,7 +505,10 @@ def test_train_writes_per_item_scores_that_pair_for_the_bootstrap(cache, first_r
     from perpo.reporting.intervals import build_demonstration
 
     run_dir = cache.parent / "run_predictions"
-    train(f"hydra.run.dir={run_dir}", "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.predictions=true", cache=cache)
+    train(
+        f"hydra.run.dir={run_dir}", "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.predictions=true",
+        "eval.retention=[existence]", cache=cache,
+    )  # fmt: skip
     results = read_results(run_dir)
     ids = None
     for name in ("before", "after"):
@@ -514,6 +517,16 @@ def test_train_writes_per_item_scores_that_pair_for_the_bootstrap(cache, first_r
         ids = [r["id"] for r in rows]
         assert sum(r["score"] for r in rows) / 8 == pytest.approx(results[name]["miou"])
         assert "predictions" not in results[name]
+    # eval.retention: the existence probe on its own 8 test items, before (with the image check)
+    # and after, with per-item scores whose mean is its accuracy
+    probe = results["retention"]["existence"]
+    assert {"accuracy", "yes_rate", "nll_true_images", "nll_shuffled_images"} <= set(probe["before"])
+    for name in ("before", "after"):
+        rows = [json.loads(line) for line in (run_dir / f"predictions_{name}.existence.jsonl").read_text().splitlines()]
+        assert len(rows) == 8 and all(r["id"].startswith("existence-") for r in rows)
+        assert sum(r["score"] for r in rows) / 8 == pytest.approx(probe[name]["accuracy"])
     summary = build_demonstration([run_dir], n_boot=200)
-    assert summary["test_items"] == 8 and set(summary["intervals"]) == {"perpo-base"}
+    assert summary["test_items_per_task"] == {"grounding": 8, "existence": 8}
+    assert set(summary["intervals"]) == {"perpo-base"} and "existence/accuracy" in summary["intervals"]["perpo-base"]
     assert not (first_run[0] / "predictions_after.jsonl").exists()  # off by default
+    assert "retention" not in read_results(first_run[0])

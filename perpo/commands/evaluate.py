@@ -11,8 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from perpo.atomic import write_json_atomic, write_text_atomic
-from perpo.commands.common import blank_where_asked, build_splits, format_metrics, load_base
-from perpo.evaluation.loop import evaluate, image_dependence
+from perpo.commands.common import blank_where_asked, build_reward, build_splits, format_metrics, load_base
+from perpo.evaluation.loop import best_of_n, evaluate, image_dependence
 from perpo.prompting import task_spec
 from perpo.reporting.tables import markdown_table
 from perpo.training.runtime import device_for
@@ -42,6 +42,14 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     predictions = result.pop("predictions")
     if cfg.eval.image_check:
         result.update(image_dependence(model, processor, family, task, records, seed=int(cfg.seed)))
+    if cfg.eval.get("best_of_n"):  # the oracle: the best of N sampled answers (N = listsize) per item
+        result.update(
+            best_of_n(
+                model, processor, family, task, records, build_reward(cfg), n=int(cfg.listsize),
+                temperature=float(cfg.sampling.temperature), top_p=float(cfg.sampling.top_p), seed=int(cfg.seed),
+                threshold=0.5 if task.name == "grounding" else None,
+            )
+        )  # fmt: skip
     report = {
         "task": task.name, "split": cfg.eval.split, "num_records": len(records), "checkpoint": str(path),
         "blank_image": bool(cfg.eval.get("blank_image")), "metrics": result,

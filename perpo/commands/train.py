@@ -26,12 +26,15 @@ from perpo.commands.common import (
     format_metrics,
     load_base,
 )
+from perpo.config import other_task_configs
+from perpo.data import make_splits
+from perpo.data.box_space import with_box_space
 from perpo.data.datamodule import RecordDataModule
 from perpo.data.stored_lists import ListsError, check_list_sizes, lists_meta, load_lists
 from perpo.evaluation.loop import best_of_n, evaluate, image_dependence, uses_image
 from perpo.models.loading import enable_activation_checkpointing
 from perpo.models.lora import apply_lora_config, export_policy
-from perpo.prompting import task_spec
+from perpo.prompting import TaskSpec, task_spec
 from perpo.reporting.tables import print_table
 from perpo.training.callbacks import ListSamples, StepLog, StepProgressBar
 from perpo.training.checkpointing import (
@@ -90,6 +93,33 @@ def _write_predictions(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def _retention_tasks(cfg: DictConfig, processor) -> dict[str, tuple[TaskSpec, Any]]:
+    """``eval.retention``: each other task's spec and synthetic test split (``data.sizes.test``
+    items from ``data.seed``: the same items in every run, so that methods pair item by item)."""
+    out = {}
+    for name, node in other_task_configs(cfg, "eval.retention").items():
+        options = OmegaConf.to_container(node.get("generator") or {}, resolve=True)
+        test = make_splits(name, {"test": int(cfg.data.sizes.test)}, seed=int(cfg.data.seed), **options)
+        out[name] = (TaskSpec(name, node.instruction, int(node.max_new_tokens)), with_box_space(test, processor, cfg.model.box_format)["test"])
+    return out
+
+
+def _evaluate_retention(policy, processor, family, tasks, cfg: DictConfig, out_dir: Path, when: str, keep: bool) -> dict:
+    """The ``eval.retention`` tasks' metrics (``when`` = before / after); before also the image check."""
+    measured = {}
+    for name, (spec, records) in tasks.items():
+        metrics = evaluate(
+            policy, processor, family, spec, records, batch_size=cfg.eval.batch_size, desc=f"eval {when} {name}", return_predictions=keep,
+        )  # fmt: skip
+        if keep:
+            _write_predictions(out_dir / f"predictions_{when}.{name}.jsonl", metrics.pop("predictions"))
+        if when == "before" and cfg.eval.image_check:
+            metrics.update(image_dependence(policy, processor, family, spec, records, seed=int(cfg.seed)))
+        measured[name] = metrics
+        log.info("%s %s: %s", when, name, format_metrics(metrics))
+    return measured
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     # before anything slow: a resume from a missing or damaged checkpoint fails in seconds
@@ -119,6 +149,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model.get("gradient_checkpointing"):  # trade compute for activation memory
         enable_activation_checkpointing(policy)
     test = splits[cfg.eval.split]
+    retention = _retention_tasks(cfg, processor)
     results: dict[str, Any] = {"task": task.name, "loss": cfg.loss.name, "seed": int(cfg.seed), "base": str(base_path)}
     if reports:
         results["data_skipped"] = reports
@@ -153,8 +184,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 )
             )  # fmt: skip
         log.info("before: %s", format_metrics(results["before"]))
+        if retention:
+            before = _evaluate_retention(policy, processor, family, retention, cfg, out_dir, "before", keep)
+            results["retention"] = {name: {"before": m} for name, m in before.items()}
         if is_rank_zero():
-            write_json_atomic(before_file, {k: results[k] for k in ("before", "base_uses_image") if k in results})
+            write_json_atomic(before_file, {k: results[k] for k in ("before", "base_uses_image", "retention") if k in results})
 
     module = PerPOModule(
         policy, processor, family, task, reward,
@@ -190,6 +224,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if keep:
             _write_predictions(out_dir / "predictions_after.jsonl", results["after"].pop("predictions"))
         log.info("after: %s", format_metrics(results["after"]))
+        for name, metrics in _evaluate_retention(trained, processor, family, retention, cfg, out_dir, "after", keep).items():
+            results.setdefault("retention", {}).setdefault(name, {})["after"] = metrics
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     if not trainer.is_global_zero:  # multi-process: one writer, rank 0
         return results

@@ -15,7 +15,8 @@ Tasks and their options (keyword only, defaults shown):
     the expression needs attribute binding -- besides the target every image holds at least one
     shape of the target's colour (another shape) and one of the target's shape (another colour),
     "the red circle" among red squares and blue circles; the rest are random unique pairs.
-    With ``binding=False`` (the default) the pairs are drawn at random, so in most multi-shape
+    ``grid=g > 0``: one shape per cell of a g x g layout (as counting and existence), aligned
+    with the vision tower's patches. With ``binding=False`` (the default) the pairs are drawn at random, so in most multi-shape
     images the colour or the shape alone names the target.
 ``ocr`` -- ``image_size=64, num_words=(1, 1), word_len=(3, 5), alphabet="a..z", grid=0``
     Random words in white on black, PIL's embedded FreeType font (size 0.3 * image_size
@@ -76,6 +77,7 @@ __all__ = [
     "make_records",
     "make_splits",
     "preview_grid",
+    "split_samples",
 ]
 
 #: Six well-separated colours; their names are used in referring expressions.
@@ -105,7 +107,7 @@ _PLACE_TRIES = 40
 _PLACE_RESTARTS = 200
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "grounding": {"image_size": 64, "num_shapes": (1, 3), "min_size": 0.2, "max_size": 0.5, "binding": False},
+    "grounding": {"image_size": 64, "num_shapes": (1, 3), "min_size": 0.2, "max_size": 0.5, "binding": False, "grid": 0},
     "ocr": {
         "image_size": 64,
         "num_words": (1, 1),
@@ -176,7 +178,7 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"option 'image_size' must be an int >= 16, got {size!r}")
     opts["image_size"] = int(size)
 
-    if task in ("ocr", "counting", "existence"):
+    if "grid" in opts:
         grid = opts["grid"]
         if not isinstance(grid, (int, np.integer)) or isinstance(grid, bool) or grid < 0 or (grid and size // grid < 8):
             raise ValueError(
@@ -205,7 +207,7 @@ def _resolve(task: str, options: Mapping[str, Any]) -> dict[str, Any]:
                     f"option 'binding' needs at least 3 shapes per image (the target, one of its colour, "
                     f"one of its shape), got num_shapes {opts['num_shapes']!r}"
                 )
-        elif opts["grid"] and opts["num_shapes"][1] > opts["grid"] ** 2:
+        if opts["grid"] and opts["num_shapes"][1] > opts["grid"] ** 2:
             raise ValueError(
                 f"with option 'grid' = {opts['grid']} an image holds at most {opts['grid'] ** 2} shapes "
                 f"(one per cell), got num_shapes {opts['num_shapes']!r}"
@@ -354,7 +356,10 @@ def _grounding(rng: np.random.Generator, opts: Mapping[str, Any]) -> Sample:
         pairs, t = _binding_pairs(rng, n)
     else:
         pairs = [_PAIRS[i] for i in rng.choice(len(_PAIRS), size=n, replace=False)]
-    boxes = _place(rng, n, size, opts["min_size"], opts["max_size"])
+    if opts["grid"]:  # one shape per cell, aligned with the ViT's patches (as counting / existence)
+        boxes = _place_in_cells(rng, n, size, opts["grid"])
+    else:
+        boxes = _place(rng, n, size, opts["min_size"], opts["max_size"])
     image, objects = _draw_objects([p[1] for p in pairs], [p[0] for p in pairs], boxes, size)
     if not opts["binding"]:
         t = int(rng.integers(0, n))
@@ -587,6 +592,19 @@ def make_splits(task: str, sizes: Mapping[str, int], seed: int, **options: Any) 
     ``f"{task}-{seed}-{split}-{i:06d}"``.
     """
     opts = _resolve(task, options)
+    samples = split_samples(task, sizes, seed, **options)
+    out = {}
+    for name, drawn in samples.items():
+        ids = [f"{task}-{seed}-{name}-{i:06d}" for i in range(len(drawn))]
+        out[name] = _to_dataset(task, ids, drawn, opts["image_size"])
+    return datasets.DatasetDict(out)
+
+
+def split_samples(task: str, sizes: Mapping[str, int], seed: int, **options: Any) -> dict[str, list[Sample]]:
+    """The :class:`Sample` objects behind :func:`make_splits`' records, split by split, in record
+    order: what was drawn (every object's box, colour and shape), which the records leave out --
+    e.g. to tell a box on the wrong object from an imprecise box on the right one."""
+    opts = _resolve(task, options)
     unknown = [name for name in sizes if name not in SPLITS]
     if unknown:
         raise ValueError(f"unknown split(s) {', '.join(map(repr, unknown))}; valid splits: {', '.join(SPLITS)}")
@@ -597,7 +615,7 @@ def make_splits(task: str, sizes: Mapping[str, int], seed: int, **options: Any) 
     children = np.random.SeedSequence(int(seed)).spawn(len(SPLITS))
     gen = _GENERATORS[task]
     seen: set[bytes] = set()
-    out: dict[str, datasets.Dataset] = {}
+    out: dict[str, list[Sample]] = {}
     for name in reversed(SPLITS):  # test, val, train
         if name not in sizes:
             continue
@@ -619,9 +637,8 @@ def make_splits(task: str, sizes: Mapping[str, int], seed: int, **options: Any) 
             samples.append(sample)
             digests.add(key)
         seen |= digests
-        ids = [f"{task}-{seed}-{name}-{i:06d}" for i in range(len(samples))]
-        out[name] = _to_dataset(task, ids, samples, opts["image_size"])
-    return datasets.DatasetDict({name: out[name] for name in SPLITS if name in out})
+        out[name] = samples
+    return {name: out[name] for name in SPLITS if name in out}
 
 
 # --------------------------------------------------------------------------- preview

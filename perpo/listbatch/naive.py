@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -151,11 +151,14 @@ def build_list_batch(
 def ground_truth_batch(processor: Any, family: Any, task: Any, records: Sequence, images: Sequence | None = None) -> ListBatch:
     """Lists of one answer each: the ground truth in the family's format (SFT, NLL checks).
 
+    ``task``: a ``TaskSpec``, or a mapping task name -> ``TaskSpec`` for records of several tasks
+    (a multi-task warm start), each prompted by its ``record["task"]``'s spec.
     ``images`` replaces the records' own images (the shuffled-image check) when given.
     """
-    prompts = [family.prompt_text(r, task) for r in records]
+    specs = [task[r["task"]] if isinstance(task, Mapping) else task for r in records]
+    prompts = [family.prompt_text(r, spec) for r, spec in zip(records, specs)]
     images = [r["image"] for r in records] if images is None else images
-    answers = answer_ids(processor.tokenizer, [family.answer_text(r, task) for r in records])
+    answers = answer_ids(processor.tokenizer, [family.answer_text(r, spec) for r, spec in zip(records, specs)])
     prefixes = encode_prefixes(processor, prompts, images)
     return build_list_batch(prefixes, [[a] for a in answers], processor.tokenizer.pad_token_id)
 

@@ -331,10 +331,11 @@ def _video_processor_settings(path: str | Path) -> dict | None:
     return read(VIDEO_CONFIG) or read("preprocessor_config.json")
 
 
-def atomic_save_pretrained(model, processor, path: str | Path) -> Path:
+def atomic_save_pretrained(model, processor, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
     """Write to a temporary sibling folder, then rename: a crash never leaves half a checkpoint.
 
-    ``processor`` may be ``None`` (model only).
+    ``processor`` may be ``None`` (model only). ``extra_files``: file name -> text, written beside
+    the weights (e.g. the warm start's own record, ``warmstart.json``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,6 +344,8 @@ def atomic_save_pretrained(model, processor, path: str | Path) -> Path:
         model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         swap_folder_in(tmp, path)
     finally:
         if tmp.exists():

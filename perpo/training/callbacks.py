@@ -13,13 +13,33 @@ log = logging.getLogger("perpo")
 
 class StepProgressBar(RichProgressBar):
     """Lightning's rich bar, titled without an epoch count when the run is bounded by steps:
-    ``max_epochs=-1`` made the stock bar read ``Epoch 3/-2``."""
+    ``max_epochs=-1`` made the stock bar read ``Epoch 3/-2``. Without the logger's version
+    number either: the CSV logger's ``v_num`` read ``v_num: 0.000`` beside the loss."""
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
 
     def _get_train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
             return super()._get_train_description(current_epoch)
         description = f"Epoch {current_epoch}"
         return f"{description:{len(self.validation_description)}}"
+
+
+class ValHistory(L.Callback):
+    """``history``: (optimizer step, value of ``monitor``) after every validation -- the curve that
+    shows a warm start reached its plateau."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.history: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not trainer.sanity_checking:
+            self.history.append((int(trainer.global_step), round(float(value), 6)))
 
 
 class StepLog(L.Callback):

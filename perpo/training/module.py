@@ -62,6 +62,7 @@ class PerPOModule(L.LightningModule):
         length_normalize: bool = False,
         scoring: str = "auto",
         stored_lists: bool = False,
+        sft_tasks: Mapping[str, TaskSpec] | None = None,
     ):
         super().__init__()
         if loss not in ALL_LOSSES:
@@ -73,6 +74,8 @@ class PerPOModule(L.LightningModule):
         self.processor = processor
         self.family = family
         self.task = task
+        # loss=sft on records of several tasks (a multi-task warm start): each record's own spec
+        self.sft_tasks = dict(sft_tasks) if sft_tasks else None
         self.reward_fn = reward_fn
         self.loss_name = loss
         self.lists = lists or ListConfig()
@@ -164,7 +167,7 @@ class PerPOModule(L.LightningModule):
         return loss
 
     def _sft_step(self, records):
-        batch = ground_truth_batch(self.processor, self.family, self.task, records).to(self.device)
+        batch = ground_truth_batch(self.processor, self.family, self.sft_tasks or self.task, records).to(self.device)
         lp = answer_logps(self.policy, batch)
         loss = -lp.sum.sum() / lp.num_tokens.sum()  # mean NLL per answer token
         self.log("train/loss", loss, prog_bar=True, batch_size=len(records))

@@ -13,12 +13,15 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import ConcatDataset
 
+from perpo.config import other_task_configs
+from perpo.data import make_splits
 from perpo.data.box_space import with_box_space
 from perpo.data.datamodule import RecordDataModule
 from perpo.models.loading import ModelLoadError, atomic_save_pretrained, ensure_tiny, load_model
-from perpo.prompting import ChatFamily, task_spec
-from perpo.training.callbacks import StepLog, StepProgressBar
+from perpo.prompting import ChatFamily, TaskSpec, task_spec
+from perpo.training.callbacks import StepLog, StepProgressBar, ValHistory
 from perpo.training.config import optim_config
 from perpo.training.module import PerPOModule
 
@@ -28,6 +31,32 @@ log = logging.getLogger(__name__)
 def config_digest(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _mixed_splits(cfg: DictConfig, splits, mixed: dict[str, DictConfig], processor):
+    """The main task's train split joined by each mixed task's synthetic train split
+    (``warmstart.mix_size`` records, default ``data.sizes.train``, from ``data.seed``); batches
+    draw from the union, so each task's share is its share of the records. Validation stays
+    the main task's: it is what stops the warm start."""
+    sizes = {"train": int(cfg.warmstart.get("mix_size") or cfg.data.sizes.train)}
+    parts = [splits["train"]]
+    for name, node in mixed.items():
+        options = OmegaConf.to_container(node.get("generator") or {}, resolve=True)
+        part = make_splits(name, sizes, seed=int(cfg.data.seed), **options)
+        parts.append(with_box_space(part, processor, cfg.model.box_format)["train"])
+    return {**splits, "train": ConcatDataset(parts)}
+
+
+def _stop_reason(steps: int, cap: int, stop, reached) -> str:
+    """Why the warm start ended: ``target`` (stop_at.value reached), ``plateau`` (no better val for
+    ``warmstart.patience`` validations) or ``steps`` (warmstart.steps ran out first)."""
+    if steps >= cap or not stop or reached is None:
+        return "steps"
+    if stop.get("value") is not None:
+        value, hit = float(stop.value), float(reached)
+        if (hit >= value) if stop.mode == "max" else (hit <= value):
+            return "target"
+    return "plateau"
 
 
 def prepare_base(cfg: DictConfig, splits) -> Path:
@@ -49,13 +78,16 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     ws = cfg.warmstart
     if not ws.enabled:
         return path
+    mixed = other_task_configs(cfg, "warmstart.mix")
+    seed = int(ws.get("seed", cfg.seed))
     key = config_digest(
         OmegaConf.to_container(model_cfg, resolve=True),
         OmegaConf.to_container(cfg.task, resolve=True),
         OmegaConf.to_container(cfg.data.sizes),
         cfg.data.seed,
         OmegaConf.to_container(ws, resolve=True),
-        cfg.seed,
+        seed,
+        *([{k: OmegaConf.to_container(v, resolve=True) for k, v in mixed.items()}] if mixed else []),
     )
     base = Path(cfg.paths.cache_dir) / "sft_base" / f"{model_cfg.name}-{cfg.task.name}-{key}"
     if (base / "config.json").exists():
@@ -63,7 +95,7 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         return base
     log.info("SFT warm start: SFT on ground truth for up to %d steps (stops at warmstart.stop_at) -> %s", ws.steps, base)
     start = time.time()
-    L.seed_everything(int(cfg.seed), verbose=False)
+    L.seed_everything(seed, verbose=False)
     model, processor = load_model(
         path, dtype=model_cfg.dtype, attn_implementation=model_cfg.get("attn_implementation"),
         eos_token=model_cfg.get("eos_token"),
@@ -72,17 +104,23 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         processor, model_cfg.box_format, system_prompt=model_cfg.get("system_prompt"), box_frame=model_cfg.get("box_frame", "original")
     )
     splits = with_box_space(splits, processor, model_cfg.box_format)
+    if mixed:
+        splits = _mixed_splits(cfg, splits, mixed, processor)
+    tasks = {name: TaskSpec(name, node.instruction, int(node.max_new_tokens)) for name, node in mixed.items()}
     module = PerPOModule(
         model, processor, family, task_spec(cfg), None, loss="sft",
-        optim=optim_config(ws),
+        optim=optim_config(ws), sft_tasks={cfg.task.name: task_spec(cfg), **tasks} if tasks else None,
     )
     callbacks: list = [StepLog(50), StepProgressBar()]
     stop = ws.get("stop_at")
+    history = ValHistory(f"val/{stop.metric}" if stop else "")
     if stop:  # a base that "can already do the task somewhat": stop once val reaches the target
+        callbacks.append(history)
         callbacks.append(
-            EarlyStopping(
-                monitor=f"val/{stop.metric}", mode=stop.mode, stopping_threshold=float(stop.value),
-                patience=10**9, check_on_train_epoch_end=False,
+            EarlyStopping(  # the target reached, or (warmstart.patience) no better for that many validations
+                monitor=f"val/{stop.metric}", mode=stop.mode,
+                stopping_threshold=None if stop.get("value") is None else float(stop.value),
+                patience=int(ws.get("patience") or 10**9), check_on_train_epoch_end=False,
             )
         )  # fmt: skip
     trainer = L.Trainer(
@@ -91,11 +129,17 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         val_check_interval=int(ws.val_every) if stop else None, check_val_every_n_epoch=None if stop else 1,
         limit_val_batches=None if stop else 0, enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
-    trainer.fit(module, RecordDataModule(splits["train"], splits.get("val"), batch_size=int(ws.batch_size), seed=int(cfg.seed)))
-    atomic_save_pretrained(module.policy, processor, base)
+    trainer.fit(module, RecordDataModule(splits["train"], splits.get("val"), batch_size=int(ws.batch_size), seed=seed))
     reached = trainer.callback_metrics.get(f"val/{stop.metric}") if stop else None
+    record = {  # warmstart.json, beside the weights: how this base was made and where it stopped
+        "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1), "seed": seed,
+        "task": cfg.task.name, "mix": list(mixed), "train_records": len(splits["train"]),
+        "monitor": history.monitor or None, "val_history": history.history,
+        "stopped": _stop_reason(trainer.global_step, int(ws.steps), stop, reached),
+    }  # fmt: skip
+    atomic_save_pretrained(module.policy, processor, base, extra_files={"warmstart.json": json.dumps(record, indent=2) + "\n"})
     log.info(
-        "SFT warm start done in %.0f s, %d steps%s", time.time() - start, trainer.global_step,
-        f", val {stop.metric}={float(reached):.3f} (target {stop.value})" if reached is not None else "",
+        "SFT warm start done in %.0f s, %d steps (%s)%s", record["seconds"], trainer.global_step, record["stopped"],
+        f", val {stop.metric}={float(reached):.3f}" if reached is not None else "",
     )  # fmt: skip
     return base

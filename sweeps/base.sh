@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The demonstration's base (issue 16, docs/results/demonstration.md): the multi-task SFT warm start of
+# experiment=multitask_base, trained until grounding's val acc@0.5 plateaus, then copied to
+# assets/tiny_multitask_base (the checkpoint experiment=demonstration aligns from) and measured on
+# every task: metrics, whether it uses the image (answer NLL with true vs shuffled images), and
+# grounding's best-of-8 oracle (the room a preference method has above the base).
+#   bash sweeps/base.sh                 # ~45 minutes on a 2-core CPU (wall time in docs/results/base.md)
+# The warm start is cached (outputs/cache/sft_base), so a second run only re-evaluates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="outputs/base/$(date +%Y%m%d-%H%M%S)"
+start=$(date +%s)
+python evaluate.py experiment=multitask_base eval.best_of_n=true hydra.run.dir="$out/grounding" "$@"
+built=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['checkpoint'])" "$out/grounding/eval.json")
+rm -rf assets/.tiny_multitask_base.tmp && mkdir -p assets
+cp -r "$built" assets/.tiny_multitask_base.tmp && rm -rf assets/tiny_multitask_base
+mv assets/.tiny_multitask_base.tmp assets/tiny_multitask_base   # never half a checkpoint under the real name
+for task in counting ocr existence; do
+  python evaluate.py task="$task" eval.checkpoint=assets/tiny_multitask_base data.sizes.test=1000 \
+    hydra.run.dir="$out/$task" "$@"
+done
+python -m perpo.reporting.base_report "$out" --seconds $(( $(date +%s) - start )) \
+  --command "bash sweeps/base.sh $*" --out docs/results/base.md
