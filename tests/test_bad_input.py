@@ -25,7 +25,7 @@ from subprocess_runs import REPO, script_env
 from perpo.data.adapters import DataError, load_split
 from perpo.data.stored_lists import ListsError, lists_meta, load_lists
 from perpo.models.loading import ModelLoadError, load_model
-from perpo.training.checkpointing import AtomicCheckpointIO, ResumeError, resume_path
+from perpo.training.checkpointing import AtomicCheckpointIO, ResumeError, check_same_model, resume_path
 
 
 def png() -> bytes:
@@ -167,6 +167,47 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(checkpoint, tmp_path):
     assert resume_path(tmp_path, False, str(other)) == str(other)
     with pytest.raises(ResumeError, match="not a checkpoint train.py wrote"):
         AtomicCheckpointIO().load_checkpoint(other)
+
+
+def test_a_damaged_shard_in_a_folder_checkpoint_is_named(tmp_path):
+    """A DeepSpeed folder checkpoint (last.ckpt/checkpoint/*.pt) with one shard cut short: the
+    shard is named (before: the folder passed, and DeepSpeed's loader failed deep inside)."""
+    folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (folder / "checkpoint").mkdir(parents=True)
+    torch.save({"module": {"w": torch.zeros(64)}}, folder / "checkpoint" / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": {"m": torch.zeros(64)}}, folder / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (folder / "latest").write_text("checkpoint")
+    assert resume_path(tmp_path / "run", True, None) == str(folder)  # whole: accepted
+    shard = folder / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ResumeError, match=r"resume=true: .*last.ckpt: its shard checkpoint/zero_pp_rank_0_mp_rank_00_optim_states.pt is damaged"):
+        resume_path(tmp_path / "run", True, None)
+
+
+def test_a_checkpoint_of_another_model_is_named_by_its_first_difference():
+    own = {"policy.a": torch.zeros(2, 3), "policy.b": torch.zeros(4), "reference.a": torch.zeros(2, 3)}
+    check_same_model({"policy.a": torch.ones(2, 3), "policy.b": torch.ones(4)}, own)  # same shapes: fine
+    check_same_model({}, own)  # DeepSpeed: weights in its own files, nothing to compare here
+    with pytest.raises(ResumeError, match=r"policy.b has shape \(5,\) there and \(4,\) here; resume with the model"):
+        check_same_model({"policy.a": torch.ones(2, 3), "policy.b": torch.ones(5)}, own)
+    with pytest.raises(ResumeError, match=r"1 parameter\(s\) missing, 1 unknown: this model's 'policy.b' is not in it; it holds 'policy.lora_b'"):
+        check_same_model({"policy.a": torch.ones(2, 3), "policy.lora_b": torch.ones(4)}, own)
+
+
+def test_evaluate_names_eval_checkpoint_not_model_path(tmp_path):
+    """evaluate.py eval.checkpoint=<an empty folder>: the message names the key the user set
+    (before: it said model.path=..., a key they never touched)."""
+    empty = tmp_path / "model"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=r"^eval.checkpoint='.*model' is an empty folder"):
+        load_model(empty, key="eval.checkpoint")
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"eval.checkpoint={empty}", f"hydra.run.dir={tmp_path / 'run'}",
+         f"paths.cache_dir={tmp_path / 'cache'}", "data.sizes.test=2"],
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"perpo: eval.checkpoint='{empty}' is an empty folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ----- the command line ---------------------------------------------------------------------------

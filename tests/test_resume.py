@@ -123,3 +123,19 @@ def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert f"{tmp_path / 'nothing' / 'checkpoints' / 'last.ckpt'} does not exist" in proc.stderr
+
+
+def test_resume_with_another_model_shape_is_refused_in_perpo_words(uninterrupted):
+    """ckpt_path from a run of the default tiny model, resumed with a wider text model: exit 2 and
+    one sentence naming a parameter whose shape differs (before: torch's wall of size-mismatch
+    lines from deep inside load_state_dict)."""
+    root, cache = uninterrupted
+    ckpt = root / "full" / "checkpoints" / "last.ckpt"
+    proc = subprocess.run(
+        _cmd(cache, root / "wider", f"ckpt_path={ckpt}", "model.arch.text_hidden=160", "warmstart.enabled=false"),
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "perpo: the checkpoint was written for another model: policy." in proc.stderr
+    assert "has shape" in proc.stderr and "resume with the model.* settings" in proc.stderr
+    assert "Traceback" not in proc.stderr and "size mismatch" not in proc.stderr

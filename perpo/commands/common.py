@@ -86,11 +86,12 @@ def build_reward(cfg: DictConfig):
     return partial(get_reward(cfg.reward.name), **params)
 
 
-def load_base(cfg: DictConfig, path: Path, splits):
-    """(model, processor, family, splits with their box space) for the checkpoint at ``path``."""
+def load_base(cfg: DictConfig, path: Path, splits, key: str = "model.path"):
+    """(model, processor, family, splits with their box space) for the checkpoint at ``path``,
+    given by the config key ``key`` (named in load errors)."""
     model, processor = load_model(
         path, dtype=cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"),
-        eos_token=cfg.model.get("eos_token"),
+        eos_token=cfg.model.get("eos_token"), key=key,
     )  # fmt: skip
     family = ChatFamily(
         processor, cfg.model.box_format, system_prompt=cfg.model.get("system_prompt"), box_frame=cfg.model.get("box_frame", "original")

@@ -32,7 +32,7 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     reports = splits.reports
     path = Path(checkpoint) if checkpoint else prepare_base(cfg, splits)
     splits = blank_where_asked(cfg, splits)
-    model, processor, family, splits = load_base(cfg, path, splits)
+    model, processor, family, splits = load_base(cfg, path, splits, key="eval.checkpoint" if checkpoint else "model.path")
     model.to(device_for(cfg))
     records = splits[cfg.eval.split]
     result = evaluate(

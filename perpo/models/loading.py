@@ -34,18 +34,19 @@ _REFETCH = "download it again (e.g. `hf download <id> --local-dir <dir>`) or sav
 _WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
 
 
-def check_model_folder(path: str | Path) -> None:
+def check_model_folder(path: str | Path, key: str = "model.path") -> None:
     """Refuse, naming the file and the fix, a local ``model.path`` that cannot be a checkpoint of
     a vision-language model: a file, a folder without ``config.json`` (empty, or not a model), a
     ``config.json`` that is not JSON or not a model's, a text-only (or unknown) model type, no
     weights, or a truncated ``.safetensors`` file. A path that does not exist (a hub id) passes:
-    loading names it. Reads the config and the safetensors headers only."""
+    loading names it. Reads the config and the safetensors headers only. ``key``: the config key
+    that gave the path (``model.path``, ``eval.checkpoint``), named in every message."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     local = Path(path).expanduser()
     if not local.exists():
         return
-    where = f"model.path={str(path)!r}"
+    where = f"{key}={str(path)!r}"
     if not local.is_dir():
         hint = " (a Lightning .ckpt is resumed with ckpt_path=<file>, not loaded as a model)" if local.suffix == ".ckpt" else ""
         raise ModelLoadError(
@@ -71,7 +72,7 @@ def check_model_folder(path: str | Path) -> None:
         raise ModelLoadError(
             f"{where} holds a {model_type!r} model ({architectures}), not a vision-language model that "
             "transformers loads as image-text-to-text (AutoModelForImageTextToText): perpo needs images in, text "
-            "out; point model.path at a checkpoint of a supported family (conf/model/*.yaml)"
+            f"out; point {key} at a checkpoint of a supported family (conf/model/*.yaml)"
         )
     weights = [f for pattern in _WEIGHTS for f in local.glob(pattern)]
     if not weights:
@@ -111,8 +112,11 @@ def load_model(
     dtype: str = "float32",
     attn_implementation: str | None = None,
     eos_token: str | None = None,
+    key: str = "model.path",
 ):
     """(model, processor) via ``AutoModelForImageTextToText`` and :func:`load_processor`.
+
+    ``key``: the config key that gave ``path`` (``model.path``, ``eval.checkpoint``): errors name it.
 
     ``eos_token`` overrides the tokenizer's EOS: the token that ends an answer, for chat models
     whose tokenizer EOS is not the end-of-turn token their template writes after an answer
@@ -127,7 +131,7 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    check_model_folder(path)
+    check_model_folder(path, key)
     local = Path(path).expanduser().is_dir()
     try:
         processor = load_processor(path)
@@ -136,20 +140,20 @@ def load_model(
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         if local:
             raise ModelLoadError(
-                f"model.path={str(path)!r} could not be loaded ({first}): a file of the checkpoint is missing "
+                f"{key}={str(path)!r} could not be loaded ({first}): a file of the checkpoint is missing "
                 f"or damaged; {_REFETCH}"
             ) from err
         raise ModelLoadError(
-            f"model.path={str(path)!r} could not be loaded: it is not a complete local checkpoint and "
+            f"{key}={str(path)!r} could not be loaded: it is not a complete local checkpoint and "
             f"the hub copy is unreachable or missing here ({first}). Download it where "
-            "there is network (e.g. `hf download <id> --local-dir <dir>`) and set model.path=<dir>."
+            f"there is network (e.g. `hf download <id> --local-dir <dir>`) and set {key}=<dir>."
         ) from err
     except Exception as err:  # a local folder's damaged file: safetensors, tokenizer, processor errors
         if not local or isinstance(err, (MemoryError, torch.OutOfMemoryError)):
             raise
         first = str(err).splitlines()[0] if str(err) else ""
         raise ModelLoadError(
-            f"model.path={str(path)!r} could not be loaded ({type(err).__name__}: {first}): a file of the "
+            f"{key}={str(path)!r} could not be loaded ({type(err).__name__}: {first}): a file of the "
             f"checkpoint is damaged or does not fit its config.json; {_REFETCH}"
         ) from err
     tok = processor.tokenizer

@@ -130,6 +130,36 @@ class ResumeError(ValueError):
     """``resume=true`` / ``ckpt_path`` point at nothing usable: names the path."""
 
 
+def check_same_model(saved: dict, own: dict) -> None:
+    """Refuse, naming the first parameter that differs, a checkpoint written for another model
+    (another ``model.*`` / ``model.arch`` / LoRA setting): torch's own message is a wall of size
+    mismatches. Shapes are compared where both hold a parameter (a sharded strategy's empty local
+    shards and the reference's weights, left out of checkpoints, are not)."""
+    if not saved:  # DeepSpeed keeps the weights in its own files: its loader compares them
+        return
+    policy = [k for k in own if k.startswith("policy.")]
+    missing = [k for k in policy if k not in saved]
+    extra = [k for k in saved if k.startswith("policy.") and k not in own]
+    if missing or extra:
+        names = (f"this model's {missing[0]!r} is not in it" if missing else "") + (
+            f"{'; ' if missing else ''}it holds {extra[0]!r}, which this model has not" if extra else ""
+        )
+        raise ResumeError(
+            f"the checkpoint was written for another model ({len(missing)} parameter(s) missing, {len(extra)} unknown: "
+            f"{names}); resume with the model.* settings (model, model.arch, model.lora) of the run that wrote it"
+        )
+    for key, value in saved.items():
+        mine = own.get(key)
+        if mine is None or not hasattr(value, "shape") or mine.numel() == 0:
+            continue
+        if tuple(value.shape) != tuple(mine.shape):
+            raise ResumeError(
+                f"the checkpoint was written for another model: {key} has shape {tuple(value.shape)} there and "
+                f"{tuple(mine.shape)} here; resume with the model.* settings (model, model.arch, model.lora) of the "
+                "run that wrote it"
+            )
+
+
 _OTHER_CHECKPOINT = (
     "resume from another checkpoint (ckpt_path=<run>/checkpoints/step=K.ckpt when checkpoint.keep_all was on) "
     "or start afresh without resume / ckpt_path"
@@ -139,15 +169,22 @@ _OTHER_CHECKPOINT = (
 def check_checkpoint(path: str | Path, label: str) -> None:
     """Refuse, naming ``label`` (the setting and the path), a checkpoint that cannot be one
     train.py wrote: an empty file or folder, or a file that is not a complete torch archive
-    (truncated: its zip directory, written last, is missing). Reads only the archive's
-    directory, not the weights; :class:`AtomicCheckpointIO` refuses the rest when it loads."""
-    import zipfile
-
+    (truncated: its zip directory, written last, is missing); in a folder of shards (DeepSpeed),
+    every ``*.pt`` shard is checked so, and the damaged one named. Reads only the archives'
+    directories, not the weights; :class:`AtomicCheckpointIO` refuses the rest when it loads."""
     path = Path(path)
     if path.is_dir():  # a folder of shards (DeepSpeed, FSDP sharded)
         if not any(path.iterdir()):
             raise ResumeError(f"{label} is an empty folder, not a checkpoint; {_OTHER_CHECKPOINT}")
+        for shard in sorted(path.rglob("*.pt")):
+            _check_torch_file(shard, f"{label}: its shard {shard.relative_to(path)}")
         return
+    _check_torch_file(path, label)
+
+
+def _check_torch_file(path: Path, label: str) -> None:
+    import zipfile
+
     try:
         with path.open("rb") as f:
             head = f.read(4)

@@ -31,7 +31,7 @@ from perpo.models.parts import freeze_vision_tower, param_groups
 from perpo.prompting import ChatFamily, TaskSpec
 from perpo.rewards.scored_lists import decode_and_score, keep_mask, read_stored_lists
 from perpo.sampling.generation import generate, record_seed
-from perpo.training.checkpointing import rng_states, set_rng_states
+from perpo.training.checkpointing import check_same_model, rng_states, set_rng_states
 from perpo.training.config import ListConfig, OptimConfig
 from perpo.training.reference import disable_dropout, make_reference
 from perpo.training.strategies import shards_parameters
@@ -252,6 +252,8 @@ class PerPOModule(L.LightningModule):
             self.strict_loading = False
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if not self._shards_parameters:  # FSDP / ZeRO-3 have loaded their shards already
+            check_same_model(checkpoint.get("state_dict") or {}, self.state_dict())
         if self.strict_loading:  # the reference as built (the base), so the checkpoint loads strictly
             state = self.state_dict()
             checkpoint["state_dict"].update({k: v for k, v in state.items() if k.startswith("reference.")})
