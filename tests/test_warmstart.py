@@ -107,3 +107,11 @@ def test_the_base_records_its_validation_curve_and_why_it_stopped(tmp_path):
     assert [step for step, _ in record["val_history"]] == [5, 10]
     assert record["val_history"][0][1] == record["val_history"][1][1]
     assert record["monitor"] == "val/parse_rate" and record["train_records"] == 64 and record["mix"] == []
+    # warmstart.plateau_after: the same flat curve is judged from step 20 on -> 4 validations
+    cfg = compose_cfg(
+        tmp_path, "data.sizes.train=64", "data.sizes.val=8", "warmstart.steps=400", "warmstart.batch_size=8",
+        "warmstart.val_every=5", "warmstart.patience=1", "warmstart.stop_at={metric: parse_rate, mode: max, value: null}",
+        "warmstart.lr=1e-9", "warmstart.plateau_after=20",
+    )  # fmt: skip
+    record = json.loads((prepare_base(cfg, build_splits(cfg)) / "warmstart.json").read_text())
+    assert record["stopped"] == "plateau" and [step for step, _ in record["val_history"]] == [5, 10, 15, 20, 25]

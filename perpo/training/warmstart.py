@@ -28,6 +28,20 @@ from perpo.training.module import PerPOModule
 log = logging.getLogger(__name__)
 
 
+class StopAfter(EarlyStopping):
+    """Lightning's early stopping, judged only from optimizer step ``start`` on: a model learning a
+    hard task from scratch sits at chance for a while, which the plateau rule would otherwise
+    take for its end."""
+
+    def __init__(self, start: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.start = start
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.global_step >= self.start:
+            super().on_validation_end(trainer, pl_module)
+
+
 def config_digest(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
@@ -117,7 +131,8 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     if stop:  # a base that "can already do the task somewhat": stop once val reaches the target
         callbacks.append(history)
         callbacks.append(
-            EarlyStopping(  # the target reached, or (warmstart.patience) no better for that many validations
+            StopAfter(  # the target reached, or (warmstart.patience) no better for that many validations
+                int(ws.get("plateau_after") or 0),
                 monitor=f"val/{stop.metric}", mode=stop.mode,
                 stopping_threshold=None if stop.get("value") is None else float(stop.value),
                 patience=int(ws.get("patience") or 10**9), check_on_train_epoch_end=False,
