@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from subprocess_runs import REPO, WARM_START, run_script, script_cmd, script_env
 
-# Two-process runs: about 6 of the suite's 11 minutes. `pytest -m "not slow"` leaves them out.
+# Two-process runs: about 11 of the suite's 21 minutes before the cases were merged. `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
 
 
@@ -163,8 +163,10 @@ def test_fsdp_with_lora_and_the_adapter_off_reference(runs):
     assert largest < 1e-4, largest
 
 
-# ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked by the ddp_sim cases
-FLAT_CASES = [_param(t, "rank") for t in NAMES if t != "deepspeed_zero2_sim"] + [_param("ddp_sim", "all"), _param("fsdp_sim", "all")]
+# ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked by the ddp_sim cases.
+# DDP and FSDP run "all", whose step 1 is the "rank" case (rank 1 keeps none), then step 2 drops
+# every list; ZeRO-3 runs "rank" alone (it steps its optimizer on zero gradients at an all-flat step).
+FLAT_CASES = [_param("deepspeed_zero3_sim", "rank"), _param("ddp_sim", "all"), _param("fsdp_sim", "all")]
 
 
 @pytest.mark.parametrize(("trainer", "flat"), FLAT_CASES)
@@ -190,7 +192,11 @@ def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(runs, trainer, f
     assert one["list_counters"]["lists_kept"] <= 16 - (6 if flat == "all" else 2)  # the flat lists were dropped
 
 
-@pytest.mark.parametrize("trainer", [_param(t) for t in NAMES if t != "deepspeed_zero2_sim"])  # ZeRO-2 resumes as ZeRO-3
+# The sharded strategies: FSDP gathers the weights and optimizer state from both ranks' shards into
+# one file, ZeRO-3 writes a folder of shards (ZeRO-2 resumes as ZeRO-3). DDP's checkpoint is the
+# one-process file of tests/test_resume.py, and the multi-process parts (data position, per-record
+# seeds, rank-summed counters) are the same code as under FSDP.
+@pytest.mark.parametrize("trainer", [_param("fsdp_sim"), _param("deepspeed_zero3_sim")])
 def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
     """Both ranks killed (SIGKILL to the process group) after the first checkpoint, then
     resume=true: the same final weights and summed list counters as an uninterrupted run (the

@@ -254,6 +254,9 @@ def _log_evaluations(logger, results: dict, step: int) -> None:
         return
     metrics = {f"eval_{when}/{k}": float(v) for when in ("before", "after") for k, v in (results.get(when) or {}).items()
                if isinstance(v, (int, float))}  # fmt: skip
+    for task, measured in (results.get("retention") or {}).items():  # eval.retention: eval_after/<task>/<metric>
+        metrics.update({f"eval_{when}/{task}/{k}": float(v) for when in ("before", "after")
+                        for k, v in (measured.get(when) or {}).items() if isinstance(v, (int, float))})  # fmt: skip
     if metrics:
         logger.log_metrics(metrics, step=step)
     logger.finalize("success")
@@ -264,7 +267,10 @@ def _log_evaluations(logger, results: dict, step: int) -> None:
 
 
 def print_results(results: dict) -> None:
-    before, after = results.get("before", {}), results.get("after", {})
+    before, after = dict(results.get("before", {})), dict(results.get("after", {}))
+    for task, measured in (results.get("retention") or {}).items():  # eval.retention: "<task>/<metric>" rows
+        before.update({f"{task}/{k}": v for k, v in (measured.get("before") or {}).items()})
+        after.update({f"{task}/{k}": v for k, v in (measured.get("after") or {}).items()})
     rows = []
     for key in dict.fromkeys([*before, *after]):
         b, a = before.get(key), after.get(key)
