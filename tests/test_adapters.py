@@ -470,3 +470,26 @@ def test_exif_rotated_image_sizes_match_what_datasets_decodes(tmp_path, cache):
     ds, _ = load_split(cfg, "train", task="ocr")
     row = assert_records(ds, "ocr")[0]  # validate_record compares the decoded size with width/height
     assert (row["width"], row["height"]) == (H, W) == row["image"].size
+
+
+def test_release_lists_in_the_padded_square_frame_read_back_to_the_image(tmp_path, cache):
+    """option box_frame=padded_square: the release's "[x1, y1, x2, y2]" as fractions of the padded
+    square (LLaVA-1.5's image_aspect_ratio=pad). A 40 x 20 image pads to 40 x 40 with 10 rows above:
+    y 0.375 -> 15 px of the square -> 5 px of the image -> 0.25; x is unchanged. Read as the
+    original frame (the default), the same answer is another box."""
+    from PIL import Image as PILImage
+
+    root = tmp_path / "wide"
+    root.mkdir()
+    PILImage.new("RGB", (40, 20), (10, 20, 30)).save(root / "w.png")
+    line = {"image_id": 1, "image_path": "w.png", "question": PREFIX + "the left half", "answer": "[0.25, 0.375, 0.75, 0.625]",
+            "answers_gen": ["[0.25, 0.375, 0.75, 0.625]", "[0, 0, 1, 1]"], "iou_scores": [1.0, 0.25]}  # fmt: skip
+    (root / "lists.jsonl").write_text(json.dumps(line) + "\n")
+    cfg = {"adapter": "release_lists", "path": str(root), "options": {"cache_dir": cache, "box_frame": "padded_square"}}
+    padded = rows_of(load_split(cfg, "train", task="grounding")[0])[0]
+    assert padded["target"] == pytest.approx([0.25, 0.25, 0.75, 0.75])
+    cfg["options"]["box_frame"] = "original"
+    assert rows_of(load_split(cfg, "train", task="grounding")[0])[0]["target"] == pytest.approx([0.25, 0.375, 0.75, 0.625])
+    cfg["options"]["box_frame"] = "square"
+    with pytest.raises(DataError, match=r"data.options.box_frame='square'; valid: original, padded_square, resized"):
+        load_split(cfg, "train", task="grounding")

@@ -43,7 +43,9 @@ Layouts (column roles, defaults in parentheses)
         per line: ``id`` (image_id), ``image`` (image_path: relative to option ``image_dir``,
         default the folder of ``path``, or absolute), ``question`` (question), ``answer``
         (answer: the ground truth, ``"[x1, y1, x2, y2]"`` normalized with 2 decimals for
-        grounding), ``answers`` (answers_gen: N sampled answers, kept in the given order: the
+        grounding, as fractions of option ``box_frame``'s picture: ``original`` (default) or
+        ``padded_square``, LLaVA-1.5's ``image_aspect_ratio=pad`` frame (LLaVA issues #606, #822);
+        read back to the original image, as every record's target is), ``answers`` (answers_gen: N sampled answers, kept in the given order: the
         loss compares pairs, in any order), ``rewards`` (iou_scores: N rewards, clipped to [0, 1] as float32).
         ``parsed[i]`` is whether answer i parses with box format option ``box_format``
         (norm2; counting: a number; ocr: non-empty). The prompt is the question without
@@ -444,7 +446,12 @@ def _release_lists(ctx: _Context):
         if task != "ocr" and not prompt:
             raise _Bad("empty prompt")
         image = _read_image(row.get(col["image"]), ctx.image_dir)
-        target = _target(task, row.get(col["answer"]), image, "xyxy_norm")
+        answer = row.get(col["answer"])
+        if task == "grounding" and ctx.options["box_frame"] != "original":  # fractions of the padded square
+            from perpo.boxes import from_frame
+
+            answer = from_frame(_four_numbers(answer), ctx.options["box_frame"], image[1], image[2])
+        target = _target(task, answer, image, "xyxy_norm")
         record = _record(record_id, task, image, prompt, target)
         record.update(answers=answers, rewards=rewards, parsed=[parses(a) for a in answers])
         return record
@@ -493,7 +500,7 @@ _LAYOUTS = {
                  "answers": "answers_gen", "rewards": "iou_scores"},
                 ("image", "question", "answer", "answers", "rewards"),
                 {"image_dir": None, "instruction_prefix": GROUNDING_PREFIX, "box_format": "norm2",
-                 "format": "json"},
+                 "box_frame": "original", "format": "json"},
                 _release_lists, lists=True, row_in_id=True),
         _Layout("columns", ("grounding", "ocr", "counting"),
                 {"id": "id", "image": "image", "prompt": "prompt", "target": "target"},
@@ -695,6 +702,11 @@ def _settings(layout: _Layout, data_cfg: Mapping, task: str) -> tuple[dict, dict
     columns = _merged(layout, data_cfg.get("columns"), layout.columns, "columns")
     if layout.name == "columns" and options["box"] not in _BOX_LAYOUTS:
         raise DataError(f"data.options.box={options['box']!r}; valid: {', '.join(_BOX_LAYOUTS)}")
+    if layout.name == "release_lists":
+        from perpo.boxes import BOX_FRAMES
+
+        if options["box_frame"] not in BOX_FRAMES:
+            raise DataError(f"data.options.box_frame={options['box_frame']!r}; valid: {', '.join(BOX_FRAMES)}")
     if layout.name == "columns" and task != "ocr" and not columns.get("prompt"):
         raise DataError(f"data.columns.prompt must name a column for task {task!r}")
     return options, columns, set(data_cfg.get("columns") or {})
