@@ -56,7 +56,12 @@ class ChatFamily:
 
 def task_spec(cfg) -> TaskSpec:
     """The task of a composed Hydra config (``cfg.task``)."""
-    return TaskSpec(cfg.task.name, cfg.task.instruction, int(cfg.task.max_new_tokens))
+    return task_spec_of(cfg.task.name, cfg.task)
+
+
+def task_spec_of(name: str, node) -> TaskSpec:
+    """The spec of a task node (``cfg.task``, or a ``conf/task/<name>.yaml``'s ``task``)."""
+    return TaskSpec(name, node.instruction, int(node.max_new_tokens))
 
 
 def answer_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:

@@ -34,7 +34,7 @@ from perpo.data.stored_lists import ListsError, check_list_sizes, lists_meta, lo
 from perpo.evaluation.loop import best_of_n, evaluate, image_dependence, uses_image
 from perpo.models.loading import enable_activation_checkpointing
 from perpo.models.lora import apply_lora_config, export_policy
-from perpo.prompting import TaskSpec, task_spec
+from perpo.prompting import TaskSpec, task_spec, task_spec_of
 from perpo.reporting.tables import print_table
 from perpo.training.callbacks import ListSamples, StepLog, StepProgressBar
 from perpo.training.checkpointing import (
@@ -100,7 +100,7 @@ def _retention_tasks(cfg: DictConfig, processor) -> dict[str, tuple[TaskSpec, An
     for name, node in other_task_configs(cfg, "eval.retention").items():
         options = OmegaConf.to_container(node.get("generator") or {}, resolve=True)
         test = make_splits(name, {"test": int(cfg.data.sizes.test)}, seed=int(cfg.data.seed), **options)
-        out[name] = (TaskSpec(name, node.instruction, int(node.max_new_tokens)), with_box_space(test, processor, cfg.model.box_format)["test"])
+        out[name] = (task_spec_of(name, node), with_box_space(test, processor, cfg.model.box_format)["test"])
     return out
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from perpo.atomic import write_text_atomic
 from perpo.boxes import box_iou
 from perpo.data.synthetic import split_samples
-from perpo.reporting.report import collect_runs
+from perpo.reporting.report import collect_runs, method_key, method_of
 from perpo.reporting.tables import markdown_table
 
 KINDS = ("hit", "wrong_object", "loose", "elsewhere", "no_box")
@@ -74,9 +74,9 @@ def kinds_by_method(roots: Iterable[str | Path]) -> dict[str, list[dict[str, flo
     seen_base: set[int] = set()
     for run in collect_runs(roots, evals=False):
         folder, config = Path(run["_file"]).parent, run.get("config") or {}
-        blank = bool((config.get("data") or {}).get("blank_image"))
-        measured = [(str(run["loss"]) + ("+blank" if blank else ""), folder / "predictions_after.jsonl")]
-        if not blank and int(run["seed"]) not in seen_base:
+        method = method_of(run)
+        measured = [(method, folder / "predictions_after.jsonl")]
+        if not method.endswith("+blank") and int(run["seed"]) not in seen_base:
             seen_base.add(int(run["seed"]))
             measured.insert(0, ("base", folder / "predictions_before.jsonl"))
         for method, path in measured:
@@ -88,9 +88,8 @@ def kinds_by_method(roots: Iterable[str | Path]) -> dict[str, list[dict[str, flo
 
 
 def kinds_markdown(by_method: Mapping[str, list[dict[str, float]]]) -> str:
-    order = {m: i for i, m in enumerate(("base", "sft", "dpo", "perpo"))}
     rows = []
-    for method in sorted(by_method, key=lambda m: (order.get(m, 99), m)):
+    for method in sorted(by_method, key=method_key):
         runs = by_method[method]
         rows.append([method, str(len(runs)), *[f"{sum(r[k] for r in runs) / len(runs):.3f}" for k in KINDS]])
     return markdown_table(["method", "runs", *KINDS], rows) + "\n"

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from perpo.atomic import write_text_atomic
-from perpo.reporting.report import collect_runs
+from perpo.reporting.report import collect_runs, method_key, method_of
 
 __all__ = [
     "DEFAULT_PAIRS",
@@ -157,19 +157,13 @@ def read_predictions(path: str | Path) -> dict[str, float]:
     return scores
 
 
-def _method(run: dict) -> str:
-    config = run.get("config") or {}
-    blank = bool((config.get("data") or {}).get("blank_image"))
-    return str(run["loss"]) + ("+blank" if blank else "")
-
-
 def _runs(roots: Iterable[str | Path]):
     """(task, method, seed) -> (metrics, per-item scores or None, source file): the base from the
     first non-blank run of each (task, seed), every run's ``after`` as its method."""
     cells: dict[tuple[str, str, int], tuple[dict, dict | None, str]] = {}
     for run in collect_runs(roots, evals=False):
         folder = Path(run["_file"]).parent
-        task, seed, method = str(run["task"]), int(run["seed"]), _method(run)
+        task, seed, method = str(run["task"]), int(run["seed"]), method_of(run)
         measured = [  # the trained task, then each eval.retention task (measured before and after)
             (task, "base", run.get("before"), folder / "predictions_before.jsonl"),
             (task, method, run.get("after"), folder / "predictions_after.jsonl"),
@@ -225,8 +219,7 @@ def build_demonstration(
         raise ValueError(f"no results.json under {', '.join(map(str, roots))}")
     seeds = sorted({s for _, _, s in cells})
     tasks = sorted({t for t, _, _ in cells})
-    order = {m: i for i, m in enumerate(("base", "sft", "dpo", "perpo"))}
-    methods_found = sorted({m for _, m, _ in cells}, key=lambda m: (order.get(m, 99), m))
+    methods_found = sorted({m for _, m, _ in cells}, key=method_key)
 
     methods: dict[str, dict[str, list[float | None]]] = {}
     for method in methods_found:

@@ -37,6 +37,22 @@ def collect(root: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("results.json"))]
 
 
+#: The order the methods of runs (:func:`method_of`) are listed in; others after them, by name.
+RUN_METHODS_IN_ORDER = ("base", "sft", "dpo", "perpo")
+
+
+def method_of(run: dict) -> str:
+    """A training run's method: its ``loss``, with ``+blank`` when it aligned on blank images."""
+    blank = bool(((run.get("config") or {}).get("data") or {}).get("blank_image"))
+    return str(run["loss"]) + ("+blank" if blank else "")
+
+
+def method_key(method: str) -> tuple[int, str]:
+    """Sort key of :data:`RUN_METHODS_IN_ORDER`, then the name."""
+    order = RUN_METHODS_IN_ORDER
+    return (order.index(method) if method in order else len(order), method)
+
+
 def collect_runs(roots: Iterable[str | Path], *, evals: bool = True) -> list[dict]:
     """results.json (and eval.json) under every root, each with ``_file`` (its path) and ``_kind``
     (``train`` or ``eval``); a file found under two roots counts once."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from perpo.atomic import write_text_atomic
-from perpo.reporting.report import collect_runs
+from perpo.reporting.report import collect_runs, method_of
 from perpo.reporting.tables import markdown_table
 
 #: column -> (logged key, how the run's steps are reduced)
@@ -64,10 +64,9 @@ def signals_by_method(roots: Iterable[str | Path]) -> dict[str, list[dict[str, f
         log = Path(run["_file"]).parent / "csv" / "version_0" / "metrics.csv"
         if not log.exists():
             continue
-        blank = bool(((run.get("config") or {}).get("data") or {}).get("blank_image"))
         signals = run_signals(log)
         if signals:
-            out[str(run["loss"]) + ("+blank" if blank else "")].append(signals)
+            out[method_of(run)].append(signals)
     return dict(out)
 
 

@@ -20,7 +20,7 @@ from perpo.data import make_splits
 from perpo.data.box_space import with_box_space
 from perpo.data.datamodule import RecordDataModule
 from perpo.models.loading import ModelLoadError, atomic_save_pretrained, ensure_tiny, load_model
-from perpo.prompting import ChatFamily, TaskSpec, task_spec
+from perpo.prompting import ChatFamily, task_spec, task_spec_of
 from perpo.training.callbacks import StepLog, StepProgressBar, ValHistory
 from perpo.training.config import optim_config
 from perpo.training.module import PerPOModule
@@ -120,7 +120,7 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
     splits = with_box_space(splits, processor, model_cfg.box_format)
     if mixed:
         splits = _mixed_splits(cfg, splits, mixed, processor)
-    tasks = {name: TaskSpec(name, node.instruction, int(node.max_new_tokens)) for name, node in mixed.items()}
+    tasks = {name: task_spec_of(name, node) for name, node in mixed.items()}
     module = PerPOModule(
         model, processor, family, task_spec(cfg), None, loss="sft",
         optim=optim_config(ws), sft_tasks={cfg.task.name: task_spec(cfg), **tasks} if tasks else None,
