@@ -39,3 +39,20 @@ def test_report_of_a_fabricated_base(tmp_path):
         build_base_report(out)
     with pytest.raises(ValueError, match="no eval.json"):
         build_base_report(tmp_path / "empty")
+
+
+def test_a_two_stage_warm_start_reads_earliest_first(tmp_path):
+    """A second stage's warmstart.json keeps the first's as "previous": base.md shows both, in order."""
+    first = {"steps": 15000, "seconds": 2700.0, "seed": 0, "task": "grounding", "mix": ["ocr"], "train_records": 25000,
+             "monitor": "val/acc@0.5", "val_history": [[500, 0.1]], "stopped": "steps"}  # fmt: skip
+    second = {**first, "steps": 3000, "seconds": 540.0, "lr": 4e-4, "val_history": [[500, 0.33]], "stopped": "plateau",
+              "init": "outputs/cache/sft_base/x", "previous": first}  # fmt: skip
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "warmstart.json").write_text(json.dumps(second))
+    _eval(tmp_path / "out" / "grounding", "grounding", {"acc@0.5": 0.3}, base)
+    text = base_markdown(build_base_report(tmp_path / "out", seconds=3300))
+    one = text.index("Warm start, stage 1 of 2: 15000 steps in 45.0 min, stopped by **steps**")
+    two = text.index("Warm start, stage 2 of 2: 3000 steps at lr 0.0004 in 9.0 min, stopped by **plateau**")
+    assert one < text.index("| value | 0.100 |") < two < text.index("| value | 0.330 |")
+    assert "The whole script (warm start, copy, evaluations) took 55.0 min." in text

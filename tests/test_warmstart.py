@@ -115,3 +115,14 @@ def test_the_base_records_its_validation_curve_and_why_it_stopped(tmp_path):
     )  # fmt: skip
     record = json.loads((prepare_base(cfg, build_splits(cfg)) / "warmstart.json").read_text())
     assert record["stopped"] == "plateau" and [step for step, _ in record["val_history"]] == [5, 10, 15, 20, 25]
+    # A second stage (experiment=multitask_base_cooldown): model.path is the first stage's base;
+    # its warmstart.json says where it started, at which lr, and keeps the first stage's record.
+    first = prepare_base(cfg, build_splits(cfg))
+    cfg = compose_cfg(
+        tmp_path, f"model.path={first}", "model.build_tiny=false", "data.sizes.train=64", "data.sizes.val=8",
+        "warmstart.steps=5", "warmstart.batch_size=8", "warmstart.val_every=5", "warmstart.lr=1e-9",
+        "warmstart.stop_at={metric: parse_rate, mode: max, value: null}",
+    )  # fmt: skip
+    second = json.loads((prepare_base(cfg, build_splits(cfg)) / "warmstart.json").read_text())
+    assert second["init"] == str(first) and second["lr"] == 1e-9 and second["steps"] == 5
+    assert second["previous"] == record

@@ -68,18 +68,24 @@ def base_markdown(report: dict[str, Any]) -> str:
     lines = ["# The demonstration's base", ""]
     for command in report.get("commands") or []:
         lines += ["```", command, "```", ""]
+    stages = []  # the warm start's stages, earliest first (a later stage keeps its predecessor as "previous")
     ws = report.get("warmstart")
-    if ws:
-        minutes = ws["seconds"] / 60
+    while ws:
+        stages.insert(0, ws)
+        ws = ws.get("previous")
+    for number, ws in enumerate(stages, 1):
+        name = f"Warm start, stage {number} of {len(stages)}" if len(stages) > 1 else "Warm start"
+        lr = f" at lr {ws['lr']:g}" if ws.get("lr") is not None else ""
         lines.append(
-            f"Warm start: {ws['steps']} steps in {minutes:.1f} min, stopped by **{ws['stopped']}**; "
+            f"{name}: {ws['steps']} steps{lr} in {ws['seconds'] / 60:.1f} min, stopped by **{ws['stopped']}**; "
             f"main task {ws['task']}, mixed with {', '.join(ws['mix']) or 'nothing'} ({ws['train_records']} train records), seed {ws['seed']}."
         )
-        if report.get("wall_seconds") is not None:
-            lines.append(f"The whole script (warm start, copy, evaluations) took {report['wall_seconds'] / 60:.1f} min.")
         if ws.get("val_history"):
             lines += ["", f"Validation curve ({ws['monitor']}):", ""]
             lines.append(markdown_table(["step", *[str(s) for s, _ in ws["val_history"]]], [["value", *[f"{v:.3f}" for _, v in ws["val_history"]]]]))
+        lines.append("")
+    if stages and report.get("wall_seconds") is not None:
+        lines.append(f"The whole script (warm start, copy, evaluations) took {report['wall_seconds'] / 60:.1f} min.")
     lines += ["", "## Every task on its test split", ""]
     rows = []
     for task, entry in report["tasks"].items():

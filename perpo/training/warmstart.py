@@ -151,7 +151,10 @@ def prepare_base(cfg: DictConfig, splits) -> Path:
         "task": cfg.task.name, "mix": list(mixed), "train_records": len(splits["train"]),
         "monitor": history.monitor or None, "val_history": history.history,
         "stopped": _stop_reason(trainer.global_step, int(ws.steps), stop, reached),
+        "lr": float(ws.lr), "init": str(path),
     }  # fmt: skip
+    if (path / "warmstart.json").exists():  # a further stage of an earlier warm start: keep its record
+        record["previous"] = json.loads((path / "warmstart.json").read_text())
     atomic_save_pretrained(module.policy, processor, base, extra_files={"warmstart.json": json.dumps(record, indent=2) + "\n"})
     log.info(
         "SFT warm start done in %.0f s, %d steps (%s)%s", record["seconds"], trainer.global_step, record["stopped"],
