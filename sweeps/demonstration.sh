@@ -28,4 +28,7 @@ folders=("$root/methods")
 if [ -d "$root/blank" ]; then folders+=("$root/blank"); fi
 python -m perpo.reporting.intervals "${folders[@]}" --out docs/results/demonstration.json \
   --markdown docs/results/demonstration.md --readme README.md "${commands[@]}"
-echo "demonstration runs in $root; summary in docs/results/demonstration.{json,md} and README.md"
+# why it does or does not separate: the base's error kinds and each method's training signals
+python -m perpo.reporting.grounding_errors "${folders[@]}" --out docs/results/grounding_errors.md
+python -m perpo.reporting.training_signals "${folders[@]}" --out docs/results/training_signals.md
+echo "demonstration runs in $root; summary in docs/results/demonstration.{json,md}, grounding_errors.md, training_signals.md and README.md"

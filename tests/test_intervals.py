@@ -228,3 +228,46 @@ def test_markdown_reads_each_claim_and_the_readme_section_is_replaced(tmp_path):
     readme.write_text("# no section\n")
     with pytest.raises(ValueError, match="no generated section"):
         main([str(sweep), "--out", str(out), "--resamples", "50", "--readme", str(readme)])
+
+
+def test_an_ablation_labels_each_setting_and_compares_within_and_across(tmp_path):
+    """``--by listsize``: each run's method and base carry its N (the base's best-of-N oracle
+    depends on N); at each N PerPO - DPO and each method - that N's base, and across N each method
+    against itself at the smallest N (N sorted as numbers: 4 before 12). Runs at N=4 reuse the
+    demonstration's fabricated scores; at N=12 PerPO gains 0.1 more on every item, so
+    perpo@N=12 - perpo@N=4 is exactly 0.1 on mIoU."""
+    for n, listsize in ((4, 4), (12, 12)):
+        for loss in ("dpo", "perpo"):
+            folder = tmp_path / f"{loss}-N{listsize}"
+            _write_run(folder, loss, 1)
+            run = json.loads((folder / "results.json").read_text())
+            run["config"]["listsize"] = listsize
+            run["before"]["best_of_n_acc@0.5"] = 0.5 if listsize == 4 else 0.75
+            if loss == "perpo" and listsize == 12:
+                rows = [json.loads(line) for line in (folder / "predictions_after.jsonl").read_text().splitlines()]
+                for row in rows:
+                    row["score"] += 0.1
+                (folder / "predictions_after.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (folder / "results.json").write_text(json.dumps(run))
+    out = tmp_path / "ablation.json"
+    main([str(tmp_path), "--by", "listsize", "--out", str(out), "--markdown", str(tmp_path / "ablation.md"), "--resamples", "500"])
+    summary = json.loads(out.read_text())
+    assert summary["ablation"] == "listsize"
+    assert list(summary["methods"]) == [
+        "base@listsize=4", "dpo@listsize=4", "perpo@listsize=4", "base@listsize=12", "dpo@listsize=12", "perpo@listsize=12",
+    ]  # fmt: skip
+    assert summary["methods"]["base@listsize=12"]["grounding/best_of_n_acc@0.5"] == [0.75]
+    assert list(summary["intervals"]) == [
+        "perpo@listsize=4-dpo@listsize=4", "perpo@listsize=4-base@listsize=4", "dpo@listsize=4-base@listsize=4",
+        "perpo@listsize=12-dpo@listsize=12", "perpo@listsize=12-base@listsize=12", "dpo@listsize=12-base@listsize=12",
+        "dpo@listsize=12-dpo@listsize=4", "perpo@listsize=12-perpo@listsize=4",
+    ]  # fmt: skip
+    assert summary["intervals"]["perpo@listsize=12-perpo@listsize=4"]["grounding/miou"] == pytest.approx([0.1, 0.1])
+    text = (tmp_path / "ablation.md").read_text()
+    assert text.startswith("# Ablation over listsize, measured")
+    assert "| `perpo@listsize=12-perpo@listsize=4` | grounding/miou | +0.100 | [+0.100, +0.100] | A > B |" in text
+    assert "best-of-N acc@0.5 (oracle)" in text
+    with pytest.raises(ValueError, match="no config value 'margin.gamma'"):
+        build_demonstration([tmp_path], by="margin.gamma")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--by", "listsize", "--readme", "README.md"])

@@ -37,3 +37,10 @@ def test_signals_by_hand(tmp_path):
     assert set(by_method) == {"perpo", "dpo+blank"}
     text = signals_markdown(by_method)
     assert "| perpo | 1 | 0.400 | 0.750 | - | 0.500 | 0.300 | - |" in text
+    # the written table carries the command that made it
+    from perpo.reporting.training_signals import main
+
+    main([str(tmp_path), "--out", str(tmp_path / "signals.md")])
+    written = (tmp_path / "signals.md").read_text()
+    assert f"Command: `python -m perpo.reporting.training_signals {tmp_path} --out {tmp_path / 'signals.md'}`" in written
+    assert "| perpo | 1 | 0.400 |" in written

@@ -99,10 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perpo.reporting.grounding_errors", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="folders searched for results.json with predictions_*.jsonl")
     parser.add_argument("--out", default=None, help="write the markdown table here")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     text = kinds_markdown(kinds_by_method(args.folders))
     if args.out:
-        write_text_atomic(args.out, "Share of test answers of each kind (mean over runs; perpo.reporting.grounding_errors)\n\n" + text)
+        command = " ".join(["python -m perpo.reporting.grounding_errors", *argv])
+        write_text_atomic(args.out, f"Share of test answers of each kind (mean over runs; perpo.reporting.grounding_errors)\n\nCommand: `{command}`\n\n" + text)
     print(text)
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from perpo.atomic import write_text_atomic
-from perpo.reporting.report import collect_runs, method_key, method_of
+from perpo.reporting.report import collect_runs, config_value, method_key, method_of
 
 __all__ = [
     "DEFAULT_PAIRS",
@@ -157,28 +157,41 @@ def read_predictions(path: str | Path) -> dict[str, float]:
     return scores
 
 
-def _runs(roots: Iterable[str | Path]):
+def setting_of(run: dict, by: str) -> str:
+    """The value of the config key ``by`` (dotted: ``margin.gamma``) in a run's results.json,
+    as its ablation label ``<last part>=<value>`` (``gamma=0.5``)."""
+    value = config_value(run.get("config") or {}, by)
+    if value is None:
+        raise ValueError(f"{run['_file']}: no config value {by!r} (results.json 'config'); pick a key the sweep varied")
+    return f"{by.rsplit('.', 1)[-1]}={value}"
+
+
+def _runs(roots: Iterable[str | Path], by: str | None = None):
     """(task, method, seed) -> (metrics, per-item scores or None, source file): the base from the
-    first non-blank run of each (task, seed), every run's ``after`` as its method."""
+    first non-blank run of each (task, seed), every run's ``after`` as its method. With ``by`` (an
+    ablation), every method and the base are labelled by that setting (``perpo@listsize=8``,
+    ``base@listsize=8``: the base's best-of-N oracle depends on N)."""
     cells: dict[tuple[str, str, int], tuple[dict, dict | None, str]] = {}
     for run in collect_runs(roots, evals=False):
         folder = Path(run["_file"]).parent
         task, seed, method = str(run["task"]), int(run["seed"]), method_of(run)
+        label = f"@{setting_of(run, by)}" if by else ""
+        method += label
         measured = [  # the trained task, then each eval.retention task (measured before and after)
-            (task, "base", run.get("before"), folder / "predictions_before.jsonl"),
+            (task, "base" + label, run.get("before"), folder / "predictions_before.jsonl"),
             (task, method, run.get("after"), folder / "predictions_after.jsonl"),
         ]
         for other, values in (run.get("retention") or {}).items():
             measured += [
-                (other, "base", values.get("before"), folder / f"predictions_before.{other}.jsonl"),
+                (other, "base" + label, values.get("before"), folder / f"predictions_before.{other}.jsonl"),
                 (other, method, values.get("after"), folder / f"predictions_after.{other}.jsonl"),
             ]
         for task, name, metrics, predictions in measured:
-            if not metrics or (name == "base" and method.endswith("+blank")):
+            if not metrics or (name.startswith("base") and "+blank" in method):
                 continue
             key = (task, name, seed)
             if key in cells:
-                if name == "base":
+                if name.startswith("base"):
                     continue  # every method of a seed starts from the same cached base
                 raise ValueError(
                     f"two runs of {task} / {name} / seed {seed}: {cells[key][2]} and {run['_file']}; pass the "
@@ -195,10 +208,46 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _setting_order(method: str) -> tuple:
+    """Sort key of ``<method>@<key>=<value>``: the value as a number where it is one, then the method."""
+    name, _, setting = method.partition("@")
+    value = setting.partition("=")[2]
+    number = _number(_as_float(value))
+    return (number if number is not None else math.inf, value, method_key(name))
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def ablation_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """The differences an ablation reports, for methods labelled ``<method>@<setting>``: at each
+    setting every method against that setting's base and the :data:`DEFAULT_PAIRS` among the
+    methods there (``perpo@N=8 - dpo@N=8``); across settings each method against itself at the
+    first setting (``perpo@gamma=1 - perpo@gamma=0``)."""
+    methods = sorted(methods, key=_setting_order)
+    settings = list(dict.fromkeys(m.partition("@")[2] for m in methods))
+    names = {m.partition("@")[0] for m in methods}
+    pairs: list[tuple[str, str]] = []
+    for setting in settings:
+        here = {m.partition("@")[0] for m in methods if m.partition("@")[2] == setting}
+        pairs += [(f"{a}@{setting}", f"{b}@{setting}") for a, b in DEFAULT_PAIRS if a in here and b in here]
+        pairs += [(f"{m}@{setting}", f"base@{setting}") for m in sorted(here - {"base"}, key=method_key)
+                  if ("base" in here) and (m, "base") not in DEFAULT_PAIRS]  # fmt: skip
+    for name in sorted(names - {"base"}, key=method_key):
+        at = [s for s in settings if f"{name}@{s}" in methods]
+        pairs += [(f"{name}@{s}", f"{name}@{at[0]}") for s in at[1:]]
+    return pairs
+
+
 def build_demonstration(
     roots: Iterable[str | Path],
     *,
-    pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
+    by: str | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
     commands: Sequence[str] = (),
     n_boot: int = 10_000,
     seed: int = 0,
@@ -214,12 +263,14 @@ def build_demonstration(
     missing is left out (and named in ``missing``). The items must be the same for every run
     of a task (synthetic data follows ``data.seed``, not ``seed``).
     """
-    cells = _runs(roots)
+    cells = _runs(roots, by)
     if not cells:
         raise ValueError(f"no results.json under {', '.join(map(str, roots))}")
     seeds = sorted({s for _, _, s in cells})
     tasks = sorted({t for t, _, _ in cells})
-    methods_found = sorted({m for _, m, _ in cells}, key=method_key)
+    methods_found = sorted({m for _, m, _ in cells}, key=_setting_order if by else method_key)
+    if pairs is None:
+        pairs = ablation_pairs(methods_found) if by else DEFAULT_PAIRS
 
     methods: dict[str, dict[str, list[float | None]]] = {}
     for method in methods_found:
@@ -270,6 +321,7 @@ def build_demonstration(
         "methods": methods,
         "intervals": dict(intervals),
         "commands": list(commands),
+        **({"ablation": by} if by else {}),
         "differences": dict(differences),
         "test_items_per_task": counts,
         "bootstrap": {
@@ -311,6 +363,7 @@ METHOD_COLUMNS: tuple[tuple[str, str], ...] = (
     ("grounding/acc@0.5", "grounding acc@0.5"), ("grounding/miou", "grounding mIoU"),
     ("counting/accuracy", "counting acc"), ("ocr/reward_edit_distance", "OCR edit dist."),
     ("existence/accuracy", "existence acc"), ("existence/yes_rate", "existence yes-rate"),
+    ("grounding/best_of_n_acc@0.5", "best-of-N acc@0.5 (oracle)"),
 )  # fmt: skip
 README_START = "<!-- demonstration: generated by python -m perpo.reporting.intervals --readme; do not edit -->"
 README_END = "<!-- /demonstration -->"
@@ -356,6 +409,23 @@ def demonstration_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ablation_markdown(summary: dict[str, Any]) -> str:
+    """An ablation's summary (``by``): methods per setting (mean ± sd over seeds), then every
+    difference of :func:`ablation_pairs` on each per-item metric, with its 95% interval."""
+    from perpo.reporting.tables import markdown_table
+
+    lines = [demonstration_markdown({**summary, "intervals": {}, "missing": []}).rstrip(), ""]
+    rows = [
+        [f"`{pair}`", metric, f"{summary['differences'][pair][metric]:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", verdict(lo, hi)]
+        for pair, by_metric in summary["intervals"].items()
+        for metric, (lo, hi) in by_metric.items()
+    ]  # fmt: skip
+    lines += [markdown_table(["A - B", "metric", "mean", "95% interval", "reads"], rows, label_columns=2), ""]
+    if summary.get("missing"):
+        lines += ["Not measured: " + "; ".join(summary["missing"]), ""]
+    return "\n".join(lines)
+
+
 def replace_generated_section(text: str, section: str) -> str:
     """``text`` with what lies between :data:`README_START` and :data:`README_END` replaced."""
     if README_START not in text or README_END not in text:
@@ -374,12 +444,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
     parser.add_argument("--markdown", default=None, help="also write the summary as markdown here")
     parser.add_argument("--readme", default=None, help="also replace the README's generated demonstration section")
+    parser.add_argument("--by", default=None, help="an ablation: the config key its sweep varied (listsize, margin.gamma)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    summary = write_demonstration(args.out, args.folders, commands=args.command, n_boot=args.resamples, seed=args.seed)
-    text = demonstration_markdown(summary)
+    if args.by and args.readme:
+        parser.error("--readme takes the demonstration's summary; an ablation (--by) has its own markdown (--markdown)")
+    summary = write_demonstration(args.out, args.folders, by=args.by, commands=args.command, n_boot=args.resamples, seed=args.seed)
+    text = ablation_markdown(summary) if args.by else demonstration_markdown(summary)
     if args.markdown:
         commands = "".join(f"```\n{c}\n```\n" for c in summary["commands"])
-        write_text_atomic(args.markdown, f"# The demonstration, measured\n\n{commands}\n{text}")
+        title = f"Ablation over {args.by}, measured" if args.by else "The demonstration, measured"
+        write_text_atomic(args.markdown, f"# {title}\n\n{commands}\n{text}")
     if args.readme:
         readme = Path(args.readme)
         write_text_atomic(readme, replace_generated_section(readme.read_text(), text))

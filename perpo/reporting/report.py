@@ -71,7 +71,8 @@ def collect_runs(roots: Iterable[str | Path], *, evals: bool = True) -> list[dic
     return runs
 
 
-def _select(mapping, dotted: str):
+def config_value(mapping, dotted: str):
+    """``mapping[a][b]...`` for the dotted key ``a.b...`` (a run's config), or None where a part is missing."""
     node = mapping
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -91,7 +92,7 @@ def summarize(
     seen_base = set()
     for r in results:
         config = r.get("config") or {}
-        label = r["loss"] + "".join(f" [{k}={_select(config, k)}]" for k in by)
+        label = r["loss"] + "".join(f" [{k}={config_value(config, k)}]" for k in by)
         for method, metrics in (("base", r.get("before")), (label, r.get("after"))):
             if not metrics:
                 continue
@@ -276,26 +277,26 @@ def _measurements(run: dict):
     table = TABLES.get(paper.get("table") or "")
     if table is None or not paper.get("model") or not paper.get("method"):
         return "no paper block"
-    root = _select(config, "paths.root")
+    root = config_value(config, "paths.root")
     if run["_kind"] == "eval":
-        split = run.get("split") or _select(config, "eval.split")
-        if run.get("blank_image") or _select(config, "eval.blank_image"):
+        split = run.get("split") or config_value(config, "eval.split")
+        if run.get("blank_image") or config_value(config, "eval.blank_image"):
             return "evaluated on blank images"
-        checkpoint = run.get("checkpoint") or _select(config, "model.path") or run["_file"]
+        checkpoint = run.get("checkpoint") or config_value(config, "model.path") or run["_file"]
         found = [((table.name, paper["model"], paper["method"]), paper, run.get("metrics") or {}, _norm(checkpoint, root))]
     else:
-        split = _select(config, "eval.split")
-        if _select(config, "eval.blank_image"):
+        split = config_value(config, "eval.split")
+        if config_value(config, "eval.blank_image"):
             return "evaluated on blank images"
         found = []
-        if run.get("after") and not _select(config, "data.blank_image"):
-            out = _select(config, "paths.output_dir") or str(Path(run["_file"]).parent)
+        if run.get("after") and not config_value(config, "data.blank_image"):
+            out = config_value(config, "paths.output_dir") or str(Path(run["_file"]).parent)
             found.append(((table.name, paper["model"], paper["method"]), paper, run["after"], _norm(os.path.join(out, "model"), root)))
-        if run.get("before") and _select(config, "warmstart.enabled") is False:  # the checkpoint itself: the base row
-            base = run.get("base") or _select(config, "model.path") or ""
+        if run.get("before") and config_value(config, "warmstart.enabled") is False:  # the checkpoint itself: the base row
+            base = run.get("base") or config_value(config, "model.path") or ""
             found.append(((table.name, paper["model"], "base"), None, run["before"], _norm(base, root)))
         if not found:
-            return "trained without images" if _select(config, "data.blank_image") else "no metrics"
+            return "trained without images" if config_value(config, "data.blank_image") else "no metrics"
     path, ds_split = eval_source(config, split)
     if table.name == "grounding":
         columns = [c for c in table.columns if c.dataset == dataset_of(path) and c.split == ds_split]

@@ -86,10 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perpo.reporting.training_signals", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="folders searched for results.json with csv/version_0/metrics.csv")
     parser.add_argument("--out", default=None, help="write the markdown table here")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     text = signals_markdown(signals_by_method(args.folders))
     if args.out:
-        write_text_atomic(args.out, "Training signals, mean over each method's runs (perpo.reporting.training_signals)\n\n" + text)
+        command = " ".join(["python -m perpo.reporting.training_signals", *argv])
+        write_text_atomic(args.out, f"Training signals, mean over each method's runs (perpo.reporting.training_signals)\n\nCommand: `{command}`\n\n" + text)
     print(text)
 
 
