@@ -21,8 +21,8 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q -e . pytest scipy || skip "pip install -e . into $VENV failed"
 "$PY" -c "from vllm import LLM, SamplingParams" 2>/tmp/try_vllm_import.err || skip "import vllm failed: $(tail -1 /tmp/try_vllm_import.err)"
 echo "try_vllm: vllm imports in $VENV"
-if [ -f tests/test_vllm_real.py ]; then
-  "$PY" -m pytest -q -rs tests/test_vllm_real.py
-else
-  echo "try_vllm: no tests/test_vllm_real.py yet (see docs/results/vllm_cpu.md: LLaVA needs a pixtral import shim and a checkpoint key rename)"
-fi
+# The pixtral import shim (blocker 4 of docs/results/vllm_cpu.md) and vLLM's CPU settings; the tests
+# time out rather than hang the build.
+PYTHONPATH="$PWD/.ci/vllm_cpu_shim" VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind \
+  VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 1500 "$PY" -m pytest -q -rs -s tests/test_vllm_real.py \
+  || echo "try_vllm: tests/test_vllm_real.py failed (rc $?); see its output above"

@@ -128,7 +128,29 @@ def _problems(cfg: DictConfig):
         yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(named)}"
 
 
+def _vllm_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is None
+
+
+def _online_engine_problems(cfg):
+    engine = (cfg.get("sampling") or {}).get("engine", "transformers")
+    if engine not in ("transformers", "vllm"):
+        yield f"sampling.engine={engine} is not known; choose transformers or vllm"
+    elif engine == "vllm":
+        if _vllm_missing():
+            yield "sampling.engine=vllm needs vLLM, which is not installed: pip install 'perpo[vllm]' (GPU machines), or use sampling.engine=transformers"
+        devices = cfg.trainer.get("devices", 1)
+        if strategy_name(cfg.trainer) not in ("auto", "singledevicestrategy") or (isinstance(devices, int) and devices > 1):
+            yield ("sampling.engine=vllm (online) runs in one process, colocated with the policy: use one device, or "
+                   "sample the lists with vLLM first (sample.py sample.engine=vllm) and train on them with any strategy")  # fmt: skip
+        if cfg.loss.name == "sft":
+            yield "sampling.engine=vllm with loss=sft: SFT samples nothing; use sampling.engine=transformers"
+
+
 def _sample_problems(cfg):
+    yield from _online_engine_problems(cfg)
     sample = cfg.get("sample")
     if sample is None:
         return
@@ -136,9 +158,7 @@ def _sample_problems(cfg):
     if engine not in ("transformers", "vllm"):
         yield f"sample.engine={engine} is not known; choose transformers or vllm"
     elif engine == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
+        if _vllm_missing():
             yield "sample.engine=vllm needs vLLM, which is not installed: pip install 'perpo[vllm]' (GPU machines), or use sample.engine=transformers"
     for key in ("chunk_size", "batch_size"):
         value = sample.get(key)

@@ -225,6 +225,7 @@ def test_explicit_reward_wins_over_the_task_default_in_either_order():
         (("reference=cached",), ("reference=cached", "data.lists=")),
         (("reference=frozen",), ("reference=frozen", "copy, adapter_off or cached")),
         (("sample.engine=sglang",), ("sample.engine=sglang", "transformers or vllm")),
+        (("sampling.engine=sglang",), ("sampling.engine=sglang", "transformers or vllm")),
         (("sample.chunk_size=0",), ("sample.chunk_size",)),
         (("sample.rank=2", "sample.world_size=2"), ("sample.rank=2",)),
     ],
@@ -372,6 +373,20 @@ def test_vllm_engine_without_vllm_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     message = problems_of("sample.engine=vllm")
     assert "sample.engine=vllm needs vLLM" in message and "sample.engine=transformers" in message
+
+
+def test_online_vllm_is_refused_where_it_cannot_run(monkeypatch):
+    """sampling.engine=vllm (online, colocated): vLLM installed (here pretended), one process,
+    a loss that samples. Each wrong combination names the key and what to do instead."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert "sampling.engine=vllm needs vLLM" in problems_of("sampling.engine=vllm")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    message = problems_of("sampling.engine=vllm", "trainer=ddp_sim")
+    assert len(bullet_lines(message)) == 1 and "runs in one process" in message and "sample.py sample.engine=vllm" in message
+    assert "SFT samples nothing" in problems_of("sampling.engine=vllm", "loss=sft")
 
 
 def test_deepspeed_without_deepspeed_says_how_to_install(monkeypatch):

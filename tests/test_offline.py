@@ -388,3 +388,27 @@ def test_sample_py_with_the_vllm_engine_against_a_stand_in(sampled):
         cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert again.returncode != 0 and "engine: stored 'vllm', now 'transformers'" in again.stdout + again.stderr
+
+
+def test_train_py_online_with_the_vllm_stand_in(sampled):
+    """``train.py sampling.engine=vllm``: online lists from the engine (tests/fake_vllm), built on
+    vllm_readable's copy (the stand-in refuses transformers-5 tower names, as vLLM 0.32 does), its
+    weights synced from the policy before steps 1 and 2 (not step 0: it loaded the base) under the
+    policy's own names, its prefix cache reset after each sync."""
+    root, cache = sampled
+    env = script_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "fake_vllm"), env.get("PYTHONPATH", "")])
+    env["FAKE_VLLM_LOG"] = str(root / "online_calls.jsonl")
+    run_dir = root / "online_vllm"
+    cmd = _cmd("train.py", cache, "sampling.engine=vllm", "trainer.max_steps=3", "checkpoint.enabled=false",
+               "eval.before=false", "eval.after=false", f"hydra.run.dir={run_dir}")  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    calls = [json.loads(line) for line in (root / "online_calls.jsonl").read_text().splitlines()]
+    kinds = [next(iter(c)) for c in calls]
+    assert kinds[0] == "init" and "/vllm/" in calls[0]["init"]["model"]  # vllm_readable's copy
+    assert kinds[1:] == ["prompts", "load_weights", "reset_prefix_cache", "prompts", "load_weights", "reset_prefix_cache", "prompts"]
+    assert calls[0]["init"]["gpu_memory_utilization"] == 0.3  # sampling.vllm.* reach vllm.LLM
+    assert all(c["load_weights"] > 0 for c in calls if "load_weights" in c)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["list_counters"]["lists_seen"] == 3 * 4

@@ -246,14 +246,10 @@ def run_sampling(cfg: DictConfig) -> dict:
         layout = resolve_layout(cfg.get("scoring", "auto"), model, processor)
         engine = None
         if cfg.sample.get("engine", "transformers") == "vllm":
-            from perpo.sampling.generation import banned_token_ids
-            from perpo.sampling.vllm_engine import VLLMEngine
+            from perpo.sampling.vllm_engine import build_engine
 
             options = OmegaConf.to_container(cfg.sample.get("vllm") or {}, resolve=True)
-            engine = VLLMEngine(
-                base_path, eos_token_id=processor.tokenizer.eos_token_id, banned_token_ids=banned_token_ids(processor, model),
-                vocab_size=len(processor.tokenizer), dtype=str(cfg.model.dtype), **options,
-            )  # fmt: skip
+            engine = build_engine(base_path, cfg.paths.cache_dir, model, processor, dtype=str(cfg.model.dtype), options=options)
         rows_done = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine if i in done)
         rows_mine = sum(min(chunk_size, len(records) - i * chunk_size) for i in mine)
         bar = tqdm(total=rows_mine, initial=rows_done, unit="rows", desc=f"sample N={cfg.listsize}", dynamic_ncols=True)

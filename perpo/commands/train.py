@@ -190,9 +190,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if is_rank_zero():
             write_json_atomic(before_file, {k: results[k] for k in ("before", "base_uses_image", "retention") if k in results})
 
+    engine = None
+    if cfg.sampling.get("engine", "transformers") == "vllm" and not offline:  # online lists drawn by vLLM
+        import os
+
+        from perpo.sampling.vllm_engine import build_engine
+
+        # colocated: the engine in this process, so weight syncs hand tensors over instead of copying them
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        options = OmegaConf.to_container(cfg.sampling.get("vllm") or {}, resolve=True)
+        engine = build_engine(base_path, cfg.paths.cache_dir, policy, processor, dtype=str(cfg.model.dtype), options=options)
     module = PerPOModule(
         policy, processor, family, task, reward,
-        **module_kwargs(cfg, max_new_tokens=task.max_new_tokens, stored_lists=offline),
+        **module_kwargs(cfg, max_new_tokens=task.max_new_tokens, stored_lists=offline), engine=engine,
     )
     logger = build_logger(cfg)
     if logger:  # the composed config, as the run's hyper-parameters (W&B config, TensorBoard hparams, CSV hparams.yaml)

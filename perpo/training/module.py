@@ -31,6 +31,7 @@ from perpo.models.parts import freeze_vision_tower, param_groups
 from perpo.prompting import ChatFamily, TaskSpec
 from perpo.rewards.scored_lists import decode_and_score, keep_mask, read_stored_lists
 from perpo.sampling.generation import generate, record_seed
+from perpo.sampling.vllm_engine import policy_weights
 from perpo.training.checkpointing import check_same_model, rng_states, set_rng_states
 from perpo.training.config import ListConfig, OptimConfig
 from perpo.training.reference import disable_dropout, make_reference
@@ -63,6 +64,7 @@ class PerPOModule(L.LightningModule):
         scoring: str = "auto",
         stored_lists: bool = False,
         sft_tasks: Mapping[str, TaskSpec] | None = None,
+        engine: Any = None,
     ):
         super().__init__()
         if loss not in ALL_LOSSES:
@@ -82,6 +84,10 @@ class PerPOModule(L.LightningModule):
         self.optim = optim or OptimConfig()
         self.length_normalize = length_normalize
         self.stored_lists = stored_lists
+        # online lists from vLLM (sampling.engine=vllm, perpo.sampling.vllm_engine.VLLMEngine): it
+        # holds its own copy of the weights, synced from the policy before each step's sampling
+        self.engine = engine
+        self._engine_step = 0  # the optimizer step whose weights the engine holds (0: the base it loaded)
         if self.optim.vision_lr == 0:  # frozen before any strategy wraps the model (DDP registers grads then)
             freeze_vision_tower(self.policy)
         # shared: one pass over each list's image + prompt (perpo.listbatch.packed); naive: N copies
@@ -108,15 +114,7 @@ class PerPOModule(L.LightningModule):
         if self.stored_lists:  # offline: sampled and scored by sample.py
             answers, scored = read_stored_lists(records, self.processor.tokenizer)
         else:
-            s = self.lists.sampling
-            answers = generate(
-                self.policy, self.processor, prompts, images,
-                num_return_sequences=self.lists.listsize, temperature=s.temperature,
-                top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                # each record's answers from its own seed: the same in any batch, rank or resumed run
-                row_seeds=[record_seed(s.seed, self.global_step, str(r["id"])) for r in records],
-                synced_gpus=self._shards_parameters,  # sharded: ranks step together until all are done
-            )  # fmt: skip
+            answers = self._sample(prompts, images, records)
             scored = decode_and_score(self.reward_fn, records, answers, self.processor)
         keep = keep_mask(scored, self.lists.min_margin)
         self._log_lists(scored, keep)
@@ -165,6 +163,21 @@ class PerPOModule(L.LightningModule):
             self.log_dict(dict(zip(names, means)), batch_size=kept_all)
             self.log("loss", means[0], prog_bar=True, logger=False, batch_size=kept_all)
         return loss
+
+    def _sample(self, prompts, images, records) -> list[list[list[int]]]:
+        """N answers per prompt from the current policy: transformers' generate on the policy
+        itself, or vLLM once its weights are the policy's of this step."""
+        s = self.lists.sampling
+        # each record's answers from its own seed: the same in any batch, rank or resumed run
+        seeds = [record_seed(s.seed, self.global_step, str(r["id"])) for r in records]
+        options = dict(num_return_sequences=self.lists.listsize, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
+        if self.engine is None:
+            # sharded parameters: ranks step together until all are done
+            return generate(self.policy, self.processor, prompts, images, row_seeds=seeds, synced_gpus=self._shards_parameters, **options)
+        if self._engine_step != self.global_step:  # an optimizer step since the last sync (or a resume)
+            self.engine.load_weights(policy_weights(self.policy))
+            self._engine_step = self.global_step
+        return self.engine.generate(prompts, images, row_seeds=seeds, **options)
 
     def _sft_step(self, records):
         batch = ground_truth_batch(self.processor, self.family, self.sft_tasks or self.task, records).to(self.device)

@@ -59,15 +59,75 @@ class RequestOutput:
     outputs: list[CompletionOutput]
 
 
+def _refuse_unwrapped_tower(model: str) -> None:
+    """vLLM 0.32's LLaVA loader (the real one, docs/results/vllm_cpu.md) wants the hub's
+    ``vision_tower.vision_model.*`` names and refuses the ``vision_tower.embeddings.*`` that
+    transformers 5 saves, with this message."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for file in sorted(Path(model).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if name.startswith("vision_tower.") and not name.startswith("vision_tower.vision_model."):
+                    head = ".".join(name.split(".")[:2])
+                    raise ValueError(
+                        f"There is no module or parameter named '{head}' in LlavaForConditionalGeneration. "
+                        "The available parameters belonging to vision_tower (CLIPVisionModel) are: {'vision_tower.vision_model...'}"
+                    )
+
+
+class _WeightsLoader:
+    """vLLM's ``load_weights`` as the stand-in's transformers model can take it: like vLLM 0.32's
+    LLaVA loader it wants the hub's ``vision_tower.vision_model.*`` names (and refuses the bare
+    ``vision_tower.*`` that transformers 5 uses in memory), then finds the parameter under the
+    in-memory name; unknown names raise."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def load_weights(self, weights):
+        params = dict(self.model.named_parameters())
+        loaded = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if "vision_tower." in name and "vision_tower.vision_model." not in name:
+                    head = name.split("vision_tower.")[0] + "vision_tower." + name.split("vision_tower.")[1].split(".")[0]
+                    raise ValueError(f"There is no module or parameter named '{head}' in LlavaForConditionalGeneration")
+                own = name.replace("vision_tower.vision_model.", "vision_tower.")
+                if own not in params:
+                    own = name  # a model whose tower does have the vision_model level in memory
+                if own not in params:
+                    raise ValueError(f"There is no module or parameter named '{name}' in the model")
+                params[own].copy_(tensor)
+                loaded.add(own)
+        _log({"load_weights": len(loaded)})
+        return loaded
+
+
 class LLM:
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, **kwargs):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization}")
+        _refuse_unwrapped_tower(model)
         self.model = AutoModelForImageTextToText.from_pretrained(model).eval()
         self.processor = AutoProcessor.from_pretrained(model)
         _log({"init": dict(model=model, dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, **kwargs)})
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        """vLLM runs ``method`` on each worker; the one the engine uses is the worker's
+        ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``."""
+        kwargs = kwargs or {}
+        if method != "reload_weights" or not kwargs.get("is_checkpoint_format", True):
+            raise NotImplementedError(f"the stand-in runs only reload_weights in checkpoint format, not {method!r}")
+        return [_WeightsLoader(self.model).load_weights(kwargs["weights_iterator"])]
+
+    def reset_prefix_cache(self, *args, **kwargs) -> bool:
+        _log({"reset_prefix_cache": True})
+        return True
 
     def get_tokenizer(self):
         return self.processor.tokenizer
