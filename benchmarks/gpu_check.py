@@ -30,8 +30,8 @@ gradients and AdamW state of that configuration.
 - one in-loop validation: ``module.validation_step`` on ``--val-records`` records (greedy
   decoding, task max_new_tokens) + ``val_metrics.compute()``.
 - sampling N answers per prompt with transformers' ``generate`` (perpo's sampler), for scale.
-- the vLLM engine (``perpo.sampling.vllm_engine``) where ``import vllm`` works; else recorded as
-  not installed.
+- the vLLM engine (``perpo.sampling.vllm_engine``) where ``import vllm`` works: sampling, and one
+  weight sync of online PerPO (``sampling.engine=vllm``); else recorded as not installed.
 
 Every item runs in its own try/except (an OOM is recorded as the item's error), a global time
 budget (``--budget-s``) marks the items it leaves as skipped, and the JSON and markdown are
@@ -44,6 +44,7 @@ import argparse
 import datetime
 import gc
 import platform
+import os
 import random
 import statistics
 import sys
@@ -385,7 +386,7 @@ def time_vllm(ctx) -> dict:
         return {"status": "skipped", "reason": "vLLM needs a GPU"}
     from perpo.models.loading import atomic_save_pretrained
     from perpo.prompting import ChatFamily
-    from perpo.sampling.vllm_engine import VLLMEngine
+    from perpo.sampling.vllm_engine import VLLMEngine, policy_weights, vllm_readable
 
     shape, processor = ctx.shape, ctx.processor
     out = {"vllm_version": getattr(vllm, "__version__", "?"), "prompts": shape.prompts, "n": shape.listsize}
@@ -393,12 +394,12 @@ def time_vllm(ctx) -> dict:
         t = time.perf_counter()
         model = build_model(shape, processor, ctx.device)
         atomic_save_pretrained(model, processor, Path(tmp) / "model")
-        del model
-        free(ctx.device)
         out["save_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        engine = VLLMEngine(str(Path(tmp) / "model"), eos_token_id=processor.tokenizer.eos_token_id,
-                            gpu_memory_utilization=0.5, max_model_len=2048, enforce_eager=True)  # fmt: skip
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated, as train.py sampling.engine=vllm
+        # transformers 5 saves the CLIP tower without vision_model.: vLLM reads a renamed copy
+        engine = VLLMEngine(str(vllm_readable(Path(tmp) / "model", tmp)), eos_token_id=processor.tokenizer.eos_token_id,
+                            gpu_memory_utilization=0.4, max_model_len=2048, enforce_eager=True, rename_tower=True)  # fmt: skip
         out["load_s"] = round(time.perf_counter() - t, 3)
         family, task = ChatFamily(processor, BOX_FORMAT), task_spec(shape)
         prompts = [family.prompt_text(r, task) for r in ctx.rows]
@@ -411,7 +412,15 @@ def time_vllm(ctx) -> dict:
             runs.append(time.perf_counter() - t)
         out.update(warmup_s=round(runs[0], 4), s_per_call=round(runs[1], 4),
                    mean_answer_tokens=statistics.mean(len(a) for row in ids for a in row))  # fmt: skip
-        del engine
+        # online PerPO (sampling.engine=vllm): one weight sync, the policy's weights into vLLM
+        syncs = []
+        for _ in range(2):
+            t = time.perf_counter()
+            engine.load_weights(policy_weights(model))
+            syncs.append(time.perf_counter() - t)
+        out["weight_sync_s"] = round(syncs[1], 4)
+        del engine, model
+        free(ctx.device)
     return out
 
 
@@ -548,6 +557,7 @@ def markdown(result: dict) -> str:
         f"| sampling, transformers generate: N per prompt, {fmt(h.get('prompts'))} prompt(s) | "
         f"{fmt(h.get('s_per_call'))} | {fmt(h.get('peak_gib'))} | {status_text(h)} |",
         f"| sampling, vLLM engine: same | {fmt(g.get('s_per_call'))} | - | {status_text(g)} |",
+        f"| online: the policy's weights into vLLM (one sync) | {fmt(g.get('weight_sync_s'))} | - | {status_text(g)} |",
         "",
     ]
     return "\n".join(lines)

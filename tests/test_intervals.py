@@ -267,6 +267,7 @@ def test_an_ablation_labels_each_setting_and_compares_within_and_across(tmp_path
     assert text.startswith("# Ablation over listsize, measured")
     assert "| `perpo@listsize=12-perpo@listsize=4` | grounding/miou | +0.100 | [+0.100, +0.100] | A > B |" in text
     assert "best-of-N acc@0.5 (oracle)" in text
+    assert "| claim |" not in text  # the demonstration's claim rows do not apply to an ablation
     with pytest.raises(ValueError, match="no config value 'margin.gamma'"):
         build_demonstration([tmp_path], by="margin.gamma")
     with pytest.raises(SystemExit):

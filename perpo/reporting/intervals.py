@@ -403,7 +403,8 @@ def demonstration_markdown(summary: dict[str, Any]) -> str:
         lo, hi = interval
         diff = summary["differences"][pair][metric]
         claim_rows.append([claim, f"`{pair}` {metric}", f"{diff:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", verdict(lo, hi)])
-    lines += [markdown_table(["claim", "A - B", "mean", "95% interval", "reads"], claim_rows, label_columns=2), ""]
+    if claim_rows:  # an ablation's summary (ablation_markdown) has its own table of differences
+        lines += [markdown_table(["claim", "A - B", "mean", "95% interval", "reads"], claim_rows, label_columns=2), ""]
     if summary.get("missing"):
         lines += ["Not measured: " + "; ".join(summary["missing"]), ""]
     return "\n".join(lines)
