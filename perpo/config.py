@@ -128,19 +128,20 @@ def _problems(cfg: DictConfig):
         yield f"eval.split={cfg.eval.split} is not a split of the data; choose one of {list(named)}"
 
 
-def _vllm_missing() -> bool:
+def _engine_problems(key: str, engine: str):
+    """``sample.engine`` / ``sampling.engine``: a known engine, and vLLM installed when chosen."""
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is None
+    if engine not in ("transformers", "vllm"):
+        yield f"{key}={engine} is not known; choose transformers or vllm"
+    elif engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        yield f"{key}=vllm needs vLLM, which is not installed: pip install 'perpo[vllm]' (GPU machines), or use {key}=transformers"
 
 
 def _online_engine_problems(cfg):
     engine = (cfg.get("sampling") or {}).get("engine", "transformers")
-    if engine not in ("transformers", "vllm"):
-        yield f"sampling.engine={engine} is not known; choose transformers or vllm"
-    elif engine == "vllm":
-        if _vllm_missing():
-            yield "sampling.engine=vllm needs vLLM, which is not installed: pip install 'perpo[vllm]' (GPU machines), or use sampling.engine=transformers"
+    yield from _engine_problems("sampling.engine", engine)
+    if engine == "vllm":
         devices = cfg.trainer.get("devices", 1)
         if strategy_name(cfg.trainer) not in ("auto", "singledevicestrategy") or (isinstance(devices, int) and devices > 1):
             yield ("sampling.engine=vllm (online) runs in one process, colocated with the policy: use one device, or "
@@ -154,12 +155,7 @@ def _sample_problems(cfg):
     sample = cfg.get("sample")
     if sample is None:
         return
-    engine = sample.get("engine", "transformers")
-    if engine not in ("transformers", "vllm"):
-        yield f"sample.engine={engine} is not known; choose transformers or vllm"
-    elif engine == "vllm":
-        if _vllm_missing():
-            yield "sample.engine=vllm needs vLLM, which is not installed: pip install 'perpo[vllm]' (GPU machines), or use sample.engine=transformers"
+    yield from _engine_problems("sample.engine", sample.get("engine", "transformers"))
     for key in ("chunk_size", "batch_size"):
         value = sample.get(key)
         if not isinstance(value, int) or value < 1:

@@ -107,14 +107,16 @@ def policy_weights(policy) -> list[tuple[str, Any]]:
     ``get_delta_weight`` (the merged weight, computed aside: the policy is never merged and
     unmerged in place, which would round its frozen weights a little on every sync), the trained
     copies of ``modules_to_save`` (the projector), peft's wrapping removed from the names. Every
-    weight, frozen ones too: vLLM reloads layer by layer and warns about each layer it is not given."""
+    weight, frozen ones too: vLLM reloads layer by layer and warns about each layer it is not given.
+    The tensors are the policy's own (detached, not copied: vLLM copies them into its storage),
+    except the merged ones, which exist only here."""
     import torch
 
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
     if not isinstance(policy, PeftModel):
-        return [(name, p.detach().clone()) for name, p in policy.named_parameters()]
+        return [(name, p.detach()) for name, p in policy.named_parameters()]
     merged = {}
     with torch.no_grad():
         for name, module in policy.named_modules():
@@ -128,7 +130,7 @@ def policy_weights(policy) -> list[tuple[str, Any]]:
     for name, p in policy.named_parameters():
         if "lora_" in name or ".original_module." in name:
             continue
-        tensor = merged.get(name, p.detach().clone())
+        tensor = merged[name] if name in merged else p.detach()
         clean = name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".modules_to_save.default", "")
         out.append((clean, tensor))
     return out
