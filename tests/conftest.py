@@ -8,8 +8,21 @@ train/eval switches they do not undo) must work on ``copy.deepcopy(model)`` -- t
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's test command: one worker per core) each worker keeps to one
+    intra-op thread, as the child runs do (tests/subprocess_runs.script_env): workers each using
+    every core's threads oversubscribe the CPU, and OpenMP's waiting threads then slow all of them
+    many times over."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 GROUNDING_INSTRUCTION = (
     "Please provide the bounding box coordinate of the region this sentence describes: {prompt}"

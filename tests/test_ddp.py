@@ -1,6 +1,7 @@
-"""trainer=ddp_sim and trainer=fsdp_sim (2 CPU processes over gloo; FSDP shards every parameter,
-so generation runs synchronized) follow the same loss curve as one process with the same global
-batch, also when one rank's lists are all dropped by the spread filter, or every rank's.
+"""trainer=ddp_sim, fsdp_sim, deepspeed_zero2_sim and deepspeed_zero3_sim (2 CPU processes over
+gloo; FSDP and ZeRO-3 shard every parameter, so generation runs synchronized) follow the same loss
+curve as one process with the same global batch, also when one rank's lists are all dropped by the
+spread filter, or every rank's; the sharded ones, killed and resumed, end where they would have.
 
 Why it can: the data order is global batches of one seeded permutation, each rank taking its
 slice (perpo.data.datamodule.GlobalBatchSampler); each record's N answers come from its own seed
@@ -59,44 +60,55 @@ def _curve(run_dir: Path, key: str) -> list[float]:
     return [float(r[key]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
-#: 2-process strategies on CPU: DDP, FSDP (torch), DeepSpeed ZeRO-2 and ZeRO-3 (DeepSpeed's CPU
-#: accelerator; perpo.training.strategies.CPUDeepSpeedStrategy). ZeRO-3 and FSDP shard the parameters.
-NAMES = ["ddp_sim", "fsdp_sim", "deepspeed_zero2_sim", "deepspeed_zero3_sim"]
-
-
 def _param(trainer: str, *more: str):
     needs = pytest.mark.skipif(trainer.startswith("deepspeed") and not _has("deepspeed"), reason="pip install deepspeed")
     return pytest.param(trainer, *more, marks=needs, id="-".join((trainer, *more)))
 
 
-# ZeRO-3 follows one process in its "rank" flat case below (same checks, validation included): one
-# two-process DeepSpeed run less (each costs ~60 s here, most of it start-up).
-TRAINERS = [_param(t) for t in NAMES if t != "deepspeed_zero3_sim"]
+# The 2-process strategies on CPU: DDP, FSDP (torch), DeepSpeed ZeRO-2 and ZeRO-3 (DeepSpeed's CPU
+# accelerator; perpo.training.strategies.CPUDeepSpeedStrategy). ZeRO-3 and FSDP shard the parameters.
+# Each strategy follows one process in one run with flat lists (a two-process run costs 25-60 s
+# here, most of it start-up): steps 1 and 2 (counting from 0) drop lists on purpose, steps 0 and 3
+# train on both ranks, so one run checks both the plain path and the dropped-list path. DDP and FSDP
+# run "all" (step 1: rank 1 keeps none; step 2: no rank keeps any, so no update anywhere, as one
+# process); DeepSpeed steps its optimizer on zero gradients at an all-flat step, so ZeRO-2 and
+# ZeRO-3 run "rank" alone.
+FLAT_CASES = [
+    _param("ddp_sim", "all"), _param("fsdp_sim", "all"), _param("deepspeed_zero2_sim", "rank"),
+    _param("deepspeed_zero3_sim", "rank"),
+]  # fmt: skip
+# The sharded strategies' flat runs checkpoint every 2 steps: they are the uninterrupted runs that
+# test_multi_process_killed_and_resumed_ends_identical compares a killed-and-resumed run against.
+RESUMED = [_param("fsdp_sim", "all"), _param("deepspeed_zero3_sim", "rank")]
+CHECKPOINTS = ("checkpoint.enabled=true", "checkpoint.every_n_steps=2")
+
+
+def _case(trainer: str, flat: str) -> tuple[tuple[str, ...], dict]:
+    """One run's overrides and extra environment. flat: "rank" (rank 1 keeps no list at step 1)
+    or "all" (that, and no rank keeps any at step 2); trainer "one": one process, same global batch."""
+    overrides = ("++reward.fn._target_=tests.user_rewards.length_reward_flat_at", "data.min_margin=0.01")
+    env = {"PERPO_TEST_FLAT_POSITIONS": _flat_positions(every_rank=flat == "all")}
+    if trainer == "one":
+        return (*overrides, "data.batch_size=4"), env
+    checkpoints = CHECKPOINTS if trainer in ("fsdp_sim", "deepspeed_zero3_sim") else ()
+    return (*overrides, "data.batch_size=2", f"trainer={trainer}", *checkpoints), env
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(root, trainer -> run dir): the one-process reference now, each strategy's run on first use."""
+    """(root, run): ``run(trainer, flat)`` trains that case on first use and returns its folder."""
     root = tmp_path_factory.mktemp("ddp")
     _train(root / "cache", root / "warm", "trainer.max_steps=1")  # the SFT base, cached for every run
-    _train(root / "cache", root / "one", "data.batch_size=4")
-    done: dict[str, Path] = {}
+    done: dict[str, Path] = {"warm": root / "warm"}
 
-    def run(trainer: str, flat: str = "") -> Path:
-        """flat: "" (every list spreads), "rank" (rank 1 keeps none at step 1), "all" (that, and
-        no rank keeps any at step 2)."""
-        name = f"{'flat_' + flat + '_' if flat else ''}{trainer}"
+    def run(trainer: str, flat: str) -> Path:
+        name = f"flat_{flat}_{trainer}"
         if name not in done:
-            extra = ("++reward.fn._target_=tests.user_rewards.length_reward_flat_at", "data.min_margin=0.01") if flat else ()
-            env = {"PERPO_TEST_FLAT_POSITIONS": _flat_positions(every_rank=flat == "all")} if flat else None
-            if trainer == "one":
-                _train(root / "cache", root / name, *extra, "data.batch_size=4", env_extra=env)
-            else:
-                _train(root / "cache", root / name, *extra, "data.batch_size=2", f"trainer={trainer}", env_extra=env)
+            overrides, env = _case(trainer, flat)
+            _train(root / "cache", root / name, *overrides, env_extra=env)
             done[name] = root / name
         return done[name]
 
-    done["one"] = root / "one"
     return root, run
 
 
@@ -121,32 +133,40 @@ def _largest_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("trainer", TRAINERS)
-def test_multi_process_follows_the_single_process(runs, trainer):
-    """Loss curve, logged metrics and list counts as one process; final weights to 1e-4 (under
-    FSDP / ZeRO-3 gathered from the two ranks' shards: perpo.training.strategies.gather_full_policy)."""
+@pytest.mark.parametrize(("trainer", "flat"), FLAT_CASES)
+def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(runs, trainer, flat):
+    """Step 1: rank 1 keeps no list (it runs a zero-weight step, rank 0 weighs its lists by
+    world / kept). "all": at step 2 no rank keeps any either. Steps 0 and 3 train both ranks. Same
+    loss curve, logged metrics, list counts, validation and final weights as one process with the
+    same global batch (under FSDP / ZeRO-3 gathered from the two ranks' shards:
+    perpo.training.strategies.gather_full_policy), and no hang."""
     import json
 
     root, run = runs
-    multi = run(trainer)
-    for key in ("train/loss", "train/reward_mean", "train/pair_accuracy"):
-        single, other = _curve(root / "one", key), _curve(multi, key)
-        assert len(single) == len(other) == STEPS, (key, single, other)
-        assert other == pytest.approx(single, abs=2e-4), key
-    assert len(set(_curve(root / "one", "train/loss"))) > 1  # the policy moved: not a flat curve
+    single_dir, multi_dir = run("one", flat), run(trainer, flat)
+    for key in ("train/loss", "train/kept_fraction", "train/pair_accuracy", "train/reward_mean"):
+        single, multi = _curve(single_dir, key), _curve(multi_dir, key)
+        assert len(single) == len(multi) == STEPS, (key, single, multi)
+        assert multi == pytest.approx(single, abs=2e-4), key
+    assert len(set(_curve(single_dir, "train/loss"))) > 1  # the policy moved: not a flat curve
     # In-loop validation ran (steps 2 and 4), each rank on its own share of the 5 val records;
     # the metrics summed over ranks are one process's on the whole set (counts: exact).
     for key in ("val/acc@0.5", "val/parse_rate", "val/miou"):
-        single, other = _curve(root / "one", key), _curve(multi, key)
-        assert len(single) == len(other) == STEPS // VAL_EVERY, (key, single, other)
-        assert other == (single if key != "val/miou" else pytest.approx(single, abs=1e-6)), key
-    one, two = (json.loads((d / "results.json").read_text()) for d in (root / "one", multi))
-    assert two["list_counters"] == one["list_counters"]  # summed over the two ranks
-    assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125
-    largest = _largest_difference(_weights(root / "one"), _weights(multi))
-    moved = _largest_difference(_weights(root / "one"), _weights(root / "warm"))
+        single, multi = _curve(single_dir, key), _curve(multi_dir, key)
+        assert len(single) == len(multi) == STEPS // VAL_EVERY, (key, single, multi)
+        assert multi == (single if key != "val/miou" else pytest.approx(single, abs=1e-6)), key
+    kept = _curve(multi_dir, "train/kept_fraction")
+    assert kept[1] <= 0.5, kept  # the flat step happened as planned
+    assert kept[2] == 0.0 if flat == "all" else kept[2] > 0.0, kept
+    assert kept[0] > 0.0 and kept[3] > 0.0, kept  # no flat positions at steps 0 and 3: the plain path
+    largest = _largest_difference(_weights(single_dir), _weights(multi_dir))
+    moved = _largest_difference(_weights(single_dir), _weights(root / "warm"))
     assert largest < 1e-4 < moved, (largest, moved)
-    print(f"{trainer}: largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
+    one, two = (json.loads((d / "results.json").read_text()) for d in (single_dir, multi_dir))
+    assert two["list_counters"] == one["list_counters"]  # summed over the two ranks
+    assert one["list_counters"]["lists_kept"] <= 16 - (6 if flat == "all" else 2)  # the flat lists were dropped
+    assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125
+    print(f"{trainer} ({flat}): largest weight difference to one process {largest:.2e} (moved {moved:.2e})")
 
 
 def test_fsdp_with_lora_and_the_adapter_off_reference(runs):
@@ -165,65 +185,28 @@ def test_fsdp_with_lora_and_the_adapter_off_reference(runs):
     assert largest < 1e-4, largest
 
 
-# ZeRO-2 keeps full parameters on every rank: its path is DDP's, checked by the ddp_sim cases.
-# DDP and FSDP run "all", whose step 1 is the "rank" case (rank 1 keeps none), then step 2 drops
-# every list; ZeRO-3 runs "rank" alone (it steps its optimizer on zero gradients at an all-flat step).
-FLAT_CASES = [_param("deepspeed_zero3_sim", "rank"), _param("ddp_sim", "all"), _param("fsdp_sim", "all")]
-
-
-@pytest.mark.parametrize(("trainer", "flat"), FLAT_CASES)
-def test_a_rank_without_lists_keeps_in_step_and_the_global_mean(runs, trainer, flat):
-    """Step 1: rank 1 keeps no list (it runs a zero-weight step, rank 0 weighs its lists by
-    world / kept). "all": at step 2 no rank keeps any either (DDP / FSDP: no update anywhere, as
-    one process; DeepSpeed steps its optimizer on zero gradients there, so it is not in "all").
-    Same curves, counts and weights as one process, and no hang."""
-    import json
-
-    root, run = runs
-    single_dir, multi_dir = run("one", flat=flat), run(trainer, flat=flat)
-    for key in ("train/loss", "train/kept_fraction", "train/pair_accuracy"):
-        single, multi = _curve(single_dir, key), _curve(multi_dir, key)
-        assert len(single) == len(multi) == STEPS, (key, single, multi)
-        assert multi == pytest.approx(single, abs=2e-4), key
-    for key in ("val/acc@0.5", "val/parse_rate", "val/miou"):  # each rank validates its share; sums exact
-        single, multi = _curve(single_dir, key), _curve(multi_dir, key)
-        assert len(single) == len(multi) == STEPS // VAL_EVERY, (key, single, multi)
-        assert multi == (single if key != "val/miou" else pytest.approx(single, abs=1e-6)), key
-    kept = _curve(multi_dir, "train/kept_fraction")
-    assert kept[1] <= 0.5, kept  # the flat step happened as planned
-    assert kept[2] == 0.0 if flat == "all" else kept[2] > 0.0, kept
-    assert _largest_difference(_weights(single_dir), _weights(multi_dir)) < 1e-4
-    one, two = (json.loads((d / "results.json").read_text()) for d in (single_dir, multi_dir))
-    assert two["list_counters"] == one["list_counters"]
-    assert one["list_counters"]["lists_kept"] <= 16 - (6 if flat == "all" else 2)  # the flat lists were dropped
-    assert two["after"] == pytest.approx(one["after"], abs=0.02)  # 8 test items: one item is 0.125
-
-
 # The sharded strategies: FSDP gathers the weights and optimizer state from both ranks' shards into
 # one file, ZeRO-3 writes a folder of shards (ZeRO-2 resumes as ZeRO-3). DDP's checkpoint is the
 # one-process file of tests/test_resume.py, and the multi-process parts (data position, per-record
 # seeds, rank-summed counters) are the same code as under FSDP.
-@pytest.mark.parametrize("trainer", [_param("fsdp_sim"), _param("deepspeed_zero3_sim")])
-def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
-    """Both ranks killed (SIGKILL to the process group) after the first checkpoint, then
-    resume=true: the same final weights and summed list counters as an uninterrupted run (the
-    data position, the per-record sampling seeds and the rank-summed counters all resume; under
-    FSDP the checkpoint holds the weights and optimizer state gathered from both ranks' shards)."""
+@pytest.mark.parametrize(("trainer", "flat"), RESUMED)
+def test_multi_process_killed_and_resumed_ends_identical(runs, trainer, flat):
+    """Both ranks killed (SIGKILL to the process group) after the step-2 checkpoint, then
+    resume=true: the same final weights and summed list counters as the uninterrupted flat run
+    (the data position, the per-record sampling seeds and the rank-summed counters all resume;
+    under FSDP the checkpoint holds the weights and optimizer state gathered from both ranks' shards)."""
     import json
     import signal
 
     import torch
-    from safetensors.torch import load_file
 
-    root, _ = runs
-    cache = root / "cache"
-    extra = ("data.batch_size=2", f"trainer={trainer}", "checkpoint.enabled=true", "checkpoint.every_n_steps=2",
-             "trainer.max_steps=6", "data.min_margin=0.3")  # fmt: skip
-    _train(cache, root / f"{trainer}_full", *extra)
-    killed = root / f"{trainer}_killed"
+    root, run = runs
+    full = run(trainer, flat)  # uninterrupted, checkpointed every 2 steps
+    overrides, env = _case(trainer, flat)
+    killed = root / f"killed_{trainer}"
     proc = subprocess.Popen(
-        script_cmd("train.py", f"paths.cache_dir={cache}", f"hydra.run.dir={killed}", *BUDGET, *extra),
-        cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        script_cmd("train.py", f"paths.cache_dir={root / 'cache'}", f"hydra.run.dir={killed}", *BUDGET, *overrides),
+        cwd=REPO, env=script_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
@@ -233,12 +216,10 @@ def test_multi_process_killed_and_resumed_ends_identical(runs, trainer):
     proc.wait()
     assert not (killed / "results.json").exists()
     state = next(last.glob("checkpoint/*model_states.pt")) if last.is_dir() else last  # DeepSpeed: a folder
-    assert 2 <= torch.load(state, weights_only=False)["global_step"] < 6
-    _train(cache, killed, *extra, "resume=true")
-    a = load_file(next((root / f"{trainer}_full" / "model").glob("*.safetensors")))
-    b = load_file(next((killed / "model").glob("*.safetensors")))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
-    full, resumed = (json.loads((d / "results.json").read_text()) for d in (root / f"{trainer}_full", killed))
-    assert resumed["list_counters"] == full["list_counters"]
-    assert full["list_counters"]["lists_seen"] == 6 * 4  # 6 steps x global batch 4
-    assert 0 < full["list_counters"]["lists_kept"] < full["list_counters"]["lists_seen"]  # some dropped: counts matter
+    assert 2 <= torch.load(state, weights_only=False)["global_step"] < STEPS
+    _train(root / "cache", killed, *overrides, "resume=true", env_extra=env)
+    assert _largest_difference(_weights(full), _weights(killed)) == 0.0
+    uninterrupted, resumed = (json.loads((d / "results.json").read_text()) for d in (full, killed))
+    assert resumed["list_counters"] == uninterrupted["list_counters"]
+    assert uninterrupted["list_counters"]["lists_seen"] == STEPS * 4  # global batch 4
+    assert 0 < uninterrupted["list_counters"]["lists_kept"] < uninterrupted["list_counters"]["lists_seen"]

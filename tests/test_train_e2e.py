@@ -134,8 +134,8 @@ def test_default_run_writes_results(first_run):
 
 
 def test_warm_start_is_cached_and_reused(cache, first_run, second_run):
-    run1, proc1, seconds1 = first_run
-    run2, proc2, seconds2 = second_run
+    run1, proc1, _ = first_run
+    run2, proc2, _ = second_run
     bases = sft_bases(cache)
     assert len(bases) == 1, bases
     base = bases[0]
@@ -149,7 +149,6 @@ def test_warm_start_is_cached_and_reused(cache, first_run, second_run):
     assert REUSE_LINE in second_log
     assert "SFT warm start done" not in second_log
     assert REUSE_LINE in (run2 / "train.log").read_text()  # Hydra's job log has it too
-    assert seconds2 < seconds1, f"cached run took {seconds2:.1f} s, first run {seconds1:.1f} s"
 
     r1, r2 = read_results(run1), read_results(run2)
     assert r1["base"] == r2["base"] == str(base)

@@ -44,3 +44,20 @@ def test_signals_by_hand(tmp_path):
     written = (tmp_path / "signals.md").read_text()
     assert f"Command: `python -m perpo.reporting.training_signals {tmp_path} --out {tmp_path / 'signals.md'}`" in written
     assert "| perpo | 1 | 0.400 |" in written
+
+
+def test_an_ablation_gets_one_row_per_setting_in_numeric_order(tmp_path):
+    """--by listsize: each run labelled by its N (perpo@listsize=12 sorts after perpo@listsize=2,
+    not before it as text would); a sweep folder without the key is refused by name."""
+    from perpo.reporting.training_signals import main
+
+    for n, spread in ((12, 0.9), (2, 0.3)):
+        _run(tmp_path / f"n{n}", "perpo", [{"step": 0, "train/reward_spread": spread}])
+        results = json.loads((tmp_path / f"n{n}" / "results.json").read_text())
+        results["config"]["listsize"] = n
+        (tmp_path / f"n{n}" / "results.json").write_text(json.dumps(results))
+    text = signals_markdown(signals_by_method([tmp_path], by="listsize"))
+    rows = [line for line in text.splitlines() if line.startswith("| perpo")]
+    assert rows == ["| perpo@listsize=2 | 1 | 0.300 | - | - | - | - | - |", "| perpo@listsize=12 | 1 | 0.900 | - | - | - | - | - |"]
+    with pytest.raises(ValueError, match="no config value 'margin.gamma'"):
+        main([str(tmp_path), "--by", "margin.gamma"])

@@ -208,7 +208,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _setting_order(method: str) -> tuple:
+def setting_order(method: str) -> tuple:
     """Sort key of ``<method>@<key>=<value>``: the value as a number where it is one, then the method."""
     name, _, setting = method.partition("@")
     value = setting.partition("=")[2]
@@ -228,7 +228,7 @@ def ablation_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
     setting every method against that setting's base and the :data:`DEFAULT_PAIRS` among the
     methods there (``perpo@N=8 - dpo@N=8``); across settings each method against itself at the
     first setting (``perpo@gamma=1 - perpo@gamma=0``)."""
-    methods = sorted(methods, key=_setting_order)
+    methods = sorted(methods, key=setting_order)
     settings = list(dict.fromkeys(m.partition("@")[2] for m in methods))
     names = {m.partition("@")[0] for m in methods}
     pairs: list[tuple[str, str]] = []
@@ -268,7 +268,7 @@ def build_demonstration(
         raise ValueError(f"no results.json under {', '.join(map(str, roots))}")
     seeds = sorted({s for _, _, s in cells})
     tasks = sorted({t for t, _, _ in cells})
-    methods_found = sorted({m for _, m, _ in cells}, key=_setting_order if by else method_key)
+    methods_found = sorted({m for _, m, _ in cells}, key=setting_order if by else method_key)
     if pairs is None:
         pairs = ablation_pairs(methods_found) if by else DEFAULT_PAIRS
 

@@ -13,6 +13,7 @@ From each run's CSV log (``<run>/csv/version_0/metrics.csv``, ``logger=csv``):
 - ``gap_best_worst``: the implicit-reward gap between the best and the worst answer at the last step.
 
     python -m perpo.reporting.training_signals outputs/multirun/demonstration-.../methods --out docs/results/training_signals.md
+    python -m perpo.reporting.training_signals outputs/multirun/ablation-listsize-... --by listsize   # one row per N
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from perpo.atomic import write_text_atomic
+from perpo.reporting.intervals import setting_of, setting_order
 from perpo.reporting.report import collect_runs, method_of
 from perpo.reporting.tables import markdown_table
 
@@ -57,8 +59,9 @@ def run_signals(metrics_csv: str | Path) -> dict[str, float]:
     return out
 
 
-def signals_by_method(roots: Iterable[str | Path]) -> dict[str, list[dict[str, float]]]:
-    """method (``loss`` plus ``+blank``) -> the signals of each of its runs."""
+def signals_by_method(roots: Iterable[str | Path], by: str | None = None) -> dict[str, list[dict[str, float]]]:
+    """method (``loss`` plus ``+blank``) -> the signals of each of its runs; with ``by`` (an
+    ablation's swept key) labelled by its setting, as perpo.reporting.intervals does (``perpo@listsize=8``)."""
     out: dict[str, list[dict[str, float]]] = defaultdict(list)
     for run in collect_runs(roots, evals=False):
         log = Path(run["_file"]).parent / "csv" / "version_0" / "metrics.csv"
@@ -66,13 +69,14 @@ def signals_by_method(roots: Iterable[str | Path]) -> dict[str, list[dict[str, f
             continue
         signals = run_signals(log)
         if signals:
-            out[method_of(run)].append(signals)
+            out[method_of(run) + (f"@{setting_of(run, by)}" if by else "")].append(signals)
     return dict(out)
 
 
 def signals_markdown(by_method: Mapping[str, list[dict[str, float]]]) -> str:
     rows = []
-    for method in sorted(by_method):
+    ablation = any("@" in m for m in by_method)  # labelled runs: by setting (N = 2 before 12), then method
+    for method in sorted(by_method, key=setting_order if ablation else None):
         runs = by_method[method]
         cells = []
         for name in SIGNALS:
@@ -86,9 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perpo.reporting.training_signals", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="folders searched for results.json with csv/version_0/metrics.csv")
     parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--by", default=None, help="an ablation's swept config key (listsize, margin.gamma): one row per method and setting")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    text = signals_markdown(signals_by_method(args.folders))
+    text = signals_markdown(signals_by_method(args.folders, by=args.by))
     if args.out:
         command = " ".join(["python -m perpo.reporting.training_signals", *argv])
         write_text_atomic(args.out, f"Training signals, mean over each method's runs (perpo.reporting.training_signals)\n\nCommand: `{command}`\n\n" + text)
