@@ -43,8 +43,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import platform
 import os
+import platform
 import random
 import statistics
 import sys

@@ -79,7 +79,8 @@ FLAT_CASES = [
 ]  # fmt: skip
 # The sharded strategies' flat runs checkpoint every 2 steps: they are the uninterrupted runs that
 # test_multi_process_killed_and_resumed_ends_identical compares a killed-and-resumed run against.
-RESUMED = [_param("fsdp_sim", "all"), _param("deepspeed_zero3_sim", "rank")]
+RESUMED_RUNS = [("fsdp_sim", "all"), ("deepspeed_zero3_sim", "rank")]
+RESUMED = [_param(*case) for case in RESUMED_RUNS]
 CHECKPOINTS = ("checkpoint.enabled=true", "checkpoint.every_n_steps=2")
 
 
@@ -90,7 +91,7 @@ def _case(trainer: str, flat: str) -> tuple[tuple[str, ...], dict]:
     env = {"PERPO_TEST_FLAT_POSITIONS": _flat_positions(every_rank=flat == "all")}
     if trainer == "one":
         return (*overrides, "data.batch_size=4"), env
-    checkpoints = CHECKPOINTS if trainer in ("fsdp_sim", "deepspeed_zero3_sim") else ()
+    checkpoints = CHECKPOINTS if (trainer, flat) in RESUMED_RUNS else ()
     return (*overrides, "data.batch_size=2", f"trainer={trainer}", *checkpoints), env
 
 

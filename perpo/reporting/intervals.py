@@ -166,6 +166,11 @@ def setting_of(run: dict, by: str) -> str:
     return f"{by.rsplit('.', 1)[-1]}={value}"
 
 
+def setting_label(run: dict, by: str | None) -> str:
+    """What an ablation appends to a run's method and base (``@listsize=8``); nothing without ``by``."""
+    return f"@{setting_of(run, by)}" if by else ""
+
+
 def _runs(roots: Iterable[str | Path], by: str | None = None):
     """(task, method, seed) -> (metrics, per-item scores or None, source file): the base from the
     first non-blank run of each (task, seed), every run's ``after`` as its method. With ``by`` (an
@@ -175,7 +180,7 @@ def _runs(roots: Iterable[str | Path], by: str | None = None):
     for run in collect_runs(roots, evals=False):
         folder = Path(run["_file"]).parent
         task, seed, method = str(run["task"]), int(run["seed"]), method_of(run)
-        label = f"@{setting_of(run, by)}" if by else ""
+        label = setting_label(run, by)
         method += label
         measured = [  # the trained task, then each eval.retention task (measured before and after)
             (task, "base" + label, run.get("before"), folder / "predictions_before.jsonl"),

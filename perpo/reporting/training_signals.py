@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from perpo.atomic import write_text_atomic
-from perpo.reporting.intervals import setting_of, setting_order
+from perpo.reporting.intervals import setting_label, setting_order
 from perpo.reporting.report import collect_runs, method_of
 from perpo.reporting.tables import markdown_table
 
@@ -69,7 +69,7 @@ def signals_by_method(roots: Iterable[str | Path], by: str | None = None) -> dic
             continue
         signals = run_signals(log)
         if signals:
-            out[method_of(run) + (f"@{setting_of(run, by)}" if by else "")].append(signals)
+            out[method_of(run) + setting_label(run, by)].append(signals)
     return dict(out)
 
 
